@@ -1,0 +1,387 @@
+"""Photo I/O: load any JPEG/PNG/TIFF/WebP as float RGB, save it back with its metadata.
+
+    rgb, meta = load_image("in/a.jpg")      # (H, W, 3) float32 in [0, 1], EXIF orientation applied
+    save_image("out/a.jpg", rgb, meta)      # same ICC profile and EXIF (orientation reset to 1)
+
+Choices, in one place:
+- Pixels are returned as encoded in the file (sRGB for untagged files); no colour management,
+  except CMYK, which is turned into sRGB. `meta.icc_profile` always describes the returned pixels
+  and is written back by `save_image`, so an Adobe RGB or Display P3 photo stays correct.
+- Alpha is dropped (the colour channels are kept as they are, not composited).
+- 16-bit files keep their 16-bit precision: grey through PIL's I;16 modes, RGB(A) by decoding
+  PIL's 16-bit raw modes twice (high byte, then low byte), since PIL itself keeps only 8 bits.
+- Mode I is read as 16-bit (0..65535), mode F as [0, 1]; both are clipped.
+- `resize` is torch bicubic with antialias=True (PIL's BICUBIC filter), clipped to [0, 1].
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import sys
+import threading
+import uuid
+import warnings
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageCms, ImageFile, UnidentifiedImageError, features
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp"}
+DEFAULT_MAX_PIXELS = 200_000_000
+FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF",
+           ".webp": "WEBP"}
+ORIENTATION = 0x0112
+# TIFF tags that describe the file's own pixel layout: never copied into another file's EXIF.
+_LAYOUT_TAGS = {254, 255, 256, 257, 258, 259, 262, 273, 277, 278, 279, 284, 317, 320, 322, 323,
+                324, 325, 338, 339, 340, 341, 530, 531, 532, 700, 33723, 34377, 34675}
+_OPEN_LOCK = threading.Lock()  # Image.MAX_IMAGE_PIXELS is global: one open at a time
+
+
+class ImageError(ValueError):
+    """A photo that cannot be read or written: "path: what went wrong: the fix"."""
+
+    def __init__(self, path, what: str | None = None, fix: str | None = None):
+        super().__init__(str(path) if what is None else f"{path}: {what}: {fix}")
+        self.path, self.what, self.fix = str(path), what or "", fix or ""
+
+
+@dataclass
+class ImageMeta:
+    path: str
+    format: str  # PIL's name: JPEG, PNG, TIFF, WEBP
+    mode: str  # PIL mode of the file (RGB, RGBA, I;16, CMYK, ...)
+    bit_depth: int  # bits per channel in the file (8, 16, 32)
+    size: tuple[int, int]  # (w, h) after EXIF orientation
+    icc_profile: bytes | None  # describes the pixels load_image returns
+    exif: bytes | None  # orientation reset to 1, ready to write
+
+
+def _open(src: str | Path | bytes, name: str, max_pixels: int) -> Image.Image:
+    """Open the header; raise ImageError for empty, unknown or too-large files."""
+    if isinstance(src, (bytes, bytearray, memoryview)):
+        empty, fp = len(src) == 0, io.BytesIO(src)
+    else:
+        try:
+            empty, fp = os.path.getsize(src) == 0, src
+        except OSError as e:
+            raise ImageError(name, f"cannot read the file ({e.strerror})", "check the path") from e
+    if empty:
+        raise ImageError(name, "file is empty (0 bytes)", "re-export or remove it")
+    with _OPEN_LOCK:
+        old = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None  # PIL's bomb check is replaced by our clearer limit below
+        try:
+            im = Image.open(fp)
+        except UnidentifiedImageError as e:
+            raise ImageError(name, "not a recognised image",
+                             "convert it to JPEG/PNG/TIFF/WebP or remove it") from e
+        except Exception as e:  # a known format whose header is cut or damaged
+            raise ImageError(name, f"cannot decode: the file is truncated or corrupt ({e})",
+                             "re-export it or remove it") from e
+        finally:
+            Image.MAX_IMAGE_PIXELS = old
+    w, h = im.size
+    if w * h > max_pixels:
+        im.close()
+        raise ImageError(name, f"{w}x{h} = {w * h:,} pixels is above the limit of {max_pixels:,} "
+                         "pixels (max_pixels)", "downscale it or raise max_pixels")
+    return im
+
+
+def _load(im: Image.Image, name: str) -> None:
+    """Force the full decode so that truncated files fail here, not later."""
+    ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated photo is an error, never grey pixels
+    try:
+        im.load()
+    except Exception as e:
+        raise ImageError(name, f"cannot decode: the file is truncated or corrupt ({e})",
+                         "re-export it or remove it") from e
+
+
+def _exif(im: Image.Image) -> tuple[int, bytes | None]:
+    """(orientation, EXIF bytes with orientation 1); unreadable EXIF counts as none."""
+    try:
+        exif = im.getexif()
+        orientation = int(exif.get(ORIENTATION, 1))
+        for tag in _LAYOUT_TAGS & set(exif):
+            del exif[tag]
+        if ORIENTATION in exif:
+            exif[ORIENTATION] = 1
+        return (orientation if 1 <= orientation <= 8 else 1), (exif.tobytes() if exif else None)
+    except (OSError, ValueError, KeyError, TypeError, SyntaxError, struct.error):
+        return 1, None  # broken EXIF: keep the photo, lose the metadata
+
+
+def _raw16(im: Image.Image) -> str | None:
+    """The raw mode swapped to the other byte order if PIL reads 16-bit RGB(A) as 8-bit."""
+    modes = {t.args if isinstance(t.args, str) else t.args[0] for t in im.tile}
+    if len(modes) != 1:
+        return None
+    raw = modes.pop()
+    if not (raw.startswith(("RGB;16", "RGBA;16")) and raw[-1] in "BLN"):
+        return None
+    order = raw[-1] if raw[-1] != "N" else ("L" if sys.byteorder == "little" else "B")
+    return raw[:-1] + ("B" if order == "L" else "L")
+
+
+def _low_bytes(src, name: str, max_pixels: int, swapped: str) -> np.ndarray:
+    """Decode again with the byte order swapped: PIL then keeps the low byte of each sample."""
+    im = _open(src, name, max_pixels)
+    try:
+        im.tile = [t._replace(args=swapped if isinstance(t.args, str) else (swapped, *t.args[1:]))
+                   for t in im.tile]
+        _load(im, name)
+        return np.asarray(im)
+    finally:
+        im.close()
+
+
+def _to_float(im: Image.Image, low: np.ndarray | None, name: str
+              ) -> tuple[np.ndarray, bytes | None]:
+    """(H, W, 3) float32 in [0, 1] and the ICC profile that describes it."""
+    icc = im.info.get("icc_profile") or None
+    mode = im.mode
+    if low is not None:
+        a = (np.asarray(im)[..., :3].astype(np.uint16) << 8 | low[..., :3]) / np.float32(65535)
+    elif mode.startswith("I;16"):
+        a = np.asarray(im).astype(np.float32) / 65535
+    elif mode == "I":
+        a = np.clip(np.asarray(im), 0, 65535).astype(np.float32) / 65535
+    elif mode == "F":
+        a = np.clip(np.nan_to_num(np.asarray(im, dtype=np.float32)), 0, 1)
+    elif mode in ("L", "RGB"):
+        a = np.asarray(im).astype(np.float32) / 255
+    elif mode in ("1", "LA", "La"):
+        a = np.asarray(im.convert("L")).astype(np.float32) / 255
+    elif mode in ("P", "PA", "RGBA", "RGBa", "RGBX"):
+        a = np.asarray(im.convert("RGBA"))[..., :3].astype(np.float32) / 255
+    elif mode == "CMYK":
+        rgb = None
+        if icc:  # the embedded CMYK profile gives real colours; PIL's formula is a rough guess
+            try:
+                rgb = ImageCms.profileToProfile(im, ImageCms.ImageCmsProfile(io.BytesIO(icc)),
+                                                ImageCms.createProfile("sRGB"), outputMode="RGB")
+            except (OSError, ValueError, ImageCms.PyCMSError):
+                rgb = None  # a broken profile: fall back to PIL's formula
+        icc = _srgb_icc() if rgb is not None else None
+        a = np.asarray(rgb if rgb is not None else im.convert("RGB")).astype(np.float32) / 255
+    else:
+        try:
+            a = np.asarray(im.convert("RGB")).astype(np.float32) / 255
+        except Exception as e:
+            raise ImageError(name, f"colour mode {mode} is not supported",
+                             "convert it to an RGB JPEG/PNG/TIFF") from e
+        icc = None  # the profile was for another colour space
+    if a.ndim == 2:
+        a = np.repeat(a[..., None], 3, axis=2)
+    return np.ascontiguousarray(a, dtype=np.float32), icc
+
+
+def _srgb_icc() -> bytes:
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
+def orient(a: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply an EXIF orientation (1-8) to an (H, W, C) array, as PIL's exif_transpose does."""
+    ops = {2: lambda x: x[:, ::-1], 3: lambda x: x[::-1, ::-1], 4: lambda x: x[::-1],
+           5: lambda x: x.swapaxes(0, 1), 6: lambda x: np.rot90(x, -1),
+           7: lambda x: np.rot90(x, 2).swapaxes(0, 1), 8: lambda x: np.rot90(x, 1)}
+    return np.ascontiguousarray(ops[orientation](a)) if orientation in ops else a
+
+
+def _decode(src, name: str, max_pixels: int) -> tuple[np.ndarray, ImageMeta]:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Metadata Warning")  # odd TIFF tags
+        im = _open(src, name, max_pixels)
+        try:
+            swapped = _raw16(im)  # read the tile before load() clears it
+            _load(im, name)
+            low = _low_bytes(src, name, max_pixels, swapped) if swapped else None
+            rgb, icc = _to_float(im, low, name)
+            orientation, exif = _exif(im)
+            depth = 16 if low is not None or im.mode.startswith("I;16") else (
+                32 if im.mode in ("I", "F") else 8)
+            fmt, mode = im.format or "", im.mode
+        finally:
+            im.close()
+    rgb = orient(rgb, orientation)
+    size = (rgb.shape[1], rgb.shape[0])
+    return rgb, ImageMeta(name, fmt, mode, depth, size, icc, exif)
+
+
+def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS
+               ) -> tuple[np.ndarray, ImageMeta]:
+    """Read a photo as (H, W, 3) float32 in [0, 1], EXIF orientation applied, plus its metadata."""
+    return _decode(str(path), str(path), max_pixels)
+
+
+def decode_image(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS
+                 ) -> tuple[np.ndarray, ImageMeta]:
+    """Like load_image for a file's bytes (e.g. a dataset row); `name` goes in errors."""
+    return _decode(bytes(data), name, max_pixels)
+
+
+def verify_image(src: str | Path | bytes, name: str | None = None,
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """Fully decode a file or its bytes (no float conversion); return (w, h) after orientation."""
+    name = name or str(src)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Metadata Warning")
+        im = _open(src if isinstance(src, (bytes, bytearray)) else str(src), name, max_pixels)
+        try:
+            _load(im, name)
+            orientation, _ = _exif(im)
+            w, h = im.size
+        finally:
+            im.close()
+    return (h, w) if orientation >= 5 else (w, h)
+
+
+def read_size(path: str | Path) -> tuple[int, int]:
+    """(w, h) after EXIF orientation, from the header only (cheap)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Metadata Warning")
+        im = _open(str(path), str(path), sys.maxsize)
+        try:
+            orientation, _ = _exif(im)
+            w, h = im.size
+        finally:
+            im.close()
+    return (h, w) if orientation >= 5 else (w, h)
+
+
+def _png16(f, u16: np.ndarray, icc: bytes | None, exif: bytes | None) -> None:
+    """Write an RGB 16-bit PNG by hand: PIL cannot write one."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data)
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    h, w, _ = u16.shape
+    rows = u16.astype(">u2").view(np.uint8).reshape(h, w * 6)
+    sub = rows.copy()
+    sub[:, 6:] -= rows[:, :-6]  # PNG "Sub" filter (type 1): smaller files, wraps mod 256
+    data = np.concatenate([np.ones((h, 1), np.uint8), sub], axis=1).tobytes()
+    out = [b"\x89PNG\r\n\x1a\n", chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))]
+    if icc:
+        out.append(chunk(b"iCCP", b"ICC Profile\x00\x00" + zlib.compress(icc)))
+    if exif:
+        out.append(chunk(b"eXIf", exif[6:] if exif.startswith(b"Exif\x00\x00") else exif))
+    idat = zlib.compress(data, 3)
+    step = 1 << 20  # several IDAT chunks, as encoders do; one chunk must stay under 2 GiB
+    out += [chunk(b"IDAT", idat[i:i + step]) for i in range(0, len(idat), step)]
+    out.append(chunk(b"IEND", b""))
+    f.write(b"".join(out))
+
+
+def _tiff16(f, u16: np.ndarray, icc: bytes | None, exif: bytes | None) -> None:
+    """Write an RGB 16-bit TIFF with tifffile; keeps the ICC profile and EXIF's main text tags."""
+    try:
+        import tifffile
+    except ImportError as e:
+        raise ImageError("16-bit TIFF", "needs the tifffile package",
+                         "pip install tifffile, or save with bit_depth=8") from e
+    tags = []
+    if exif:
+        info = Image.Exif()
+        info.load(exif)
+        for tag in (271, 272, 306, 315, 33432):  # Make, Model, DateTime, Artist, Copyright
+            if isinstance(info.get(tag), str):
+                tags.append((tag, "s", 0, info[tag], True))
+    tifffile.imwrite(f, u16, photometric="rgb", compression="zlib", predictor=True,
+                     iccprofile=icc, metadata=None, extratags=tags)
+
+
+def save_image(path: str | Path, rgb: np.ndarray, meta: ImageMeta | None = None,
+               quality: int = 95, bit_depth: int = 8) -> None:
+    """Write (H, W, 3) float in [0, 1] (clipped) to JPEG/PNG/TIFF/WebP, chosen by the suffix.
+
+    With `meta`, the input's ICC profile and EXIF (orientation 1) are written too. bit_depth=16
+    works for .png and .tif (16-bit TIFF keeps the ICC profile and EXIF's camera, date, artist and
+    copyright, not the full EXIF). Atomic: a temporary file in the same folder, then os.replace.
+    Never overwrites the input file `meta.path`.
+    """
+    path = Path(path)
+    fmt = FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise ImageError(path, f"unknown suffix {path.suffix!r}", "use .jpg, .png, .tif or .webp")
+    if meta is not None and _same_file(path, Path(meta.path)):
+        raise ImageError(path, "refusing to overwrite the input photo", "write to another folder")
+    if bit_depth not in (8, 16) or (bit_depth == 16 and fmt not in ("PNG", "TIFF")):
+        raise ImageError(path, f"bit_depth={bit_depth} is not possible for {fmt}",
+                         "use bit_depth=8, or 16 with .png or .tif")
+    rgb = np.asarray(rgb, dtype=np.float32)
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ImageError(path, f"expected an (H, W, 3) array, got shape {rgb.shape}",
+                         "pass one RGB image")
+    rgb = np.clip(np.nan_to_num(rgb), 0, 1)
+    icc, exif = (meta.icc_profile, meta.exif) if meta is not None else (None, None)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "xb") as f:
+            if bit_depth == 16:
+                u16 = np.round(rgb * 65535).astype(np.uint16)
+                (_png16 if fmt == "PNG" else _tiff16)(f, u16, icc, exif)
+            else:
+                _save8(f, np.round(rgb * 255).astype(np.uint8), fmt, quality, icc, exif, path)
+        os.replace(tmp, path)
+    except ImageError:
+        raise
+    except Exception as e:
+        raise ImageError(path, f"cannot write the photo ({e})", "check the folder and the "
+                         "format's limits (WebP: at most 16383 px a side)") from e
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _save8(f, u8: np.ndarray, fmt: str, quality: int, icc, exif, path: Path) -> None:
+    kw: dict = {"format": fmt}
+    if icc:
+        kw["icc_profile"] = icc
+    if exif:
+        kw["exif"] = exif
+    if fmt == "JPEG":
+        kw.update(quality=quality, subsampling=0 if quality >= 90 else 2)  # 4:4:4 keeps colour
+        if exif and len(exif) > 65533:  # a JPEG segment holds 64 KiB; keep the photo, drop EXIF
+            warnings.warn(f"{path}: EXIF is {len(exif)} bytes, too long for JPEG: not written")
+            del kw["exif"]
+    elif fmt == "WEBP":
+        kw["quality"] = quality
+    elif fmt == "TIFF" and features.check("libtiff"):
+        kw["compression"] = "tiff_adobe_deflate"
+    Image.fromarray(u8, "RGB").save(f, **kw)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def to_tensor(rgb: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) array -> (3, H, W) float32 tensor."""
+    return torch.from_numpy(np.ascontiguousarray(np.asarray(rgb, np.float32).transpose(2, 0, 1)))
+
+
+def to_numpy(t: torch.Tensor) -> np.ndarray:
+    """(3, H, W) tensor -> (H, W, 3) float32 array."""
+    return np.ascontiguousarray(t.detach().float().cpu().permute(1, 2, 0).numpy())
+
+
+def resize(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(H, W, 3) float in [0, 1] -> (h, w, 3) for size=(w, h); antialiased bicubic, clipped."""
+    w, h = size
+    if (h, w) == rgb.shape[:2]:
+        return np.asarray(rgb, np.float32)
+    x = to_tensor(rgb)[None]
+    y = F.interpolate(x, size=(h, w), mode="bicubic", antialias=True, align_corners=False)
+    return to_numpy(y[0].clamp_(0, 1))

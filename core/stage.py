@@ -1,0 +1,114 @@
+"""Set-up shared by the training stages: data, latent datasets, validation, run folders."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from core.config import Config, save_config
+from core.data import PairSource
+from core.latents import LatentPairDataset, load_val_set
+
+
+def open_sources(cfg: Config, accelerator) -> tuple[PairSource, PairSource]:
+    """Build the demo data if asked and missing (main process), then check and open both splits."""
+    d = cfg.data
+    if d.build_demo:
+        if accelerator.is_main_process:
+            from core.demo import build_demo_dataset
+
+            build_demo_dataset(d.demo.out_dir, seed=cfg.experiment.seed, long_side=d.demo.long_side,
+                               variants_per_photo=d.demo.variants_per_photo,
+                               val_variants_per_photo=d.demo.val_variants_per_photo)
+        accelerator.wait_for_everyone()
+    common = dict(input_column=d.input_column, target_column=d.target_column, max_pixels=d.max_pixels)
+    train = PairSource.open(d.train, split=d.train_split, **common)
+    val = PairSource.open(d.val, split=d.val_split, **common)
+    return train, val
+
+
+def latent_dataset(cfg: Config, source: PairSource, codec, accelerator) -> LatentPairDataset:
+    """Cached latents; the main process encodes first so the others only read the cache."""
+    cache = Path(cfg.experiment.output_root) / "cache" / "latents" if cfg.data.cache_latents else None
+    kw = dict(long_side=cfg.data.train_long_side, crop_size=cfg.data.crop_size, flip=cfg.data.flip,
+              seed=cfg.experiment.seed, cache_dir=cache)
+    ds = None
+    if accelerator.is_main_process:
+        ds = LatentPairDataset(source, codec, show_progress=True, **kw)
+    accelerator.wait_for_everyone()
+    if ds is None:
+        ds = LatentPairDataset(source, codec, show_progress=False, **kw)
+    return ds
+
+
+def psnr_db(pred: torch.Tensor, target: torch.Tensor) -> float:
+    """PSNR of two (3, H, W) images in [0, 1]; capped at 100 dB for identical images."""
+    mse = torch.mean((pred.float().clamp(0, 1) - target.float()) ** 2).item()
+    return 100.0 if mse <= 1e-10 else 10 * math.log10(1.0 / mse)
+
+
+def save_grid(rows: list[list[torch.Tensor]], path: Path) -> None:
+    """Rows of (3, H, W) images in [0, 1] -> one PNG (columns e.g. input | output | target)."""
+    from PIL import Image
+
+    h = max(im.shape[1] for row in rows for im in row)
+    lines = []
+    for row in rows:
+        padded = [torch.nn.functional.pad(im, (0, 0, 0, h - im.shape[1])) for im in row]
+        lines.append(torch.cat(padded, dim=2))
+    w = max(x.shape[2] for x in lines)
+    grid = torch.cat([torch.nn.functional.pad(x, (0, w - x.shape[2])) for x in lines], dim=1)
+    arr = (grid.clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255 + 0.5).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+
+
+def make_validator(cfg: Config, accelerator, codec, val_source: PairSource, predict: Callable,
+                   out_dir: Path, max_images: int = 8) -> Callable:
+    """validate(step, ema) -> {"psnr", "identity_psnr"} on the validation split at its working size.
+
+    `predict(z_in) -> z_out` runs the model being trained. Runs on the main process only.
+    """
+    val = load_val_set(val_source, cfg.data.val_long_side, codec.factor, limit=max_images)
+    identity = float(np.mean([psnr_db(x, y) for _, x, y in val])) if val else float("nan")
+
+    @torch.no_grad()
+    def validate(step: int, ema: bool) -> dict:
+        if not accelerator.is_main_process or not val:
+            return {}
+        scores, rows = [], []
+        for _, x, y in val:
+            z_in = codec.encode(x[None].to(accelerator.device))
+            out = codec.decode(predict(z_in)).float().clamp(0, 1)[0].cpu()
+            scores.append(psnr_db(out, y))
+            if len(rows) < 4:
+                rows.append([x, out, y])
+        save_grid(rows, out_dir / "val" / f"step-{step:06d}.png")
+        return {"psnr": float(np.mean(scores)), "identity_psnr": identity}
+
+    return validate
+
+
+def write_run_config(cfg: Config, out_dir: Path, accelerator) -> None:
+    if accelerator.is_main_process:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out_dir / "config.yaml")
+
+
+def tracker_config(cfg: Config) -> dict:
+    """Flat scalar view of the config for TensorBoard's hparams."""
+    flat = {}
+
+    def walk(prefix, node):
+        for k, v in node.items():
+            key = f"{prefix}.{k}" if prefix else k
+            if isinstance(v, dict):
+                walk(key, v)
+            elif isinstance(v, (int, float, str, bool)):
+                flat[key] = v
+    walk("", cfg.to_dict())
+    return flat

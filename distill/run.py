@@ -1,0 +1,165 @@
+"""Stage two: adversarially distill the teacher into a one-step latent student.
+
+    accelerate launch distill/run.py --config configs/demo.yaml --teacher runs/demo/teacher
+    accelerate launch distill/run.py --config configs/demo.yaml --resume_from_checkpoint latest
+    python distill/run.py --config configs/demo.yaml distill.lambda_adv=0      # no adversarial term
+
+L_student = lambda_distill * L_distill(G(z_in), teacher_K(z_in))       teacher outputs, cached
+          + lambda_gt      * || G(z_in) - z_target ||^2                 the professional edit
+          + lambda_adv     * L_gan_G(D(G(z_in), z_in))                  after adv_warmup_steps
+L_disc    = L_gan_D(D(z_target, z_in), D(G(z_in), z_in)) + r1_gamma / 2 * R1(reals)
+
+Writes {output_root}/{name}/student/: checkpoint-N/ (student, discriminator, both optimisers),
+logs/, val/, config.yaml and model/ (what eval/ and student.enhance load).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from any folder
+
+import torch  # noqa: E402
+
+from core.checkpoint import resolve_model_dir  # noqa: E402
+from core.cli import load_stage_config, stage_parser  # noqa: E402
+from core.codecs import build_codec  # noqa: E402
+from core.config import CodecConfig  # noqa: E402
+from core.stage import latent_dataset, make_validator, open_sources, tracker_config, write_run_config  # noqa: E402
+from core.trainer import Phase, make_accelerator, make_optimizer, train  # noqa: E402
+from distill.discriminators import build_discriminator  # noqa: E402
+from distill.losses import distill_loss, gan_d_loss, gan_g_loss, r1_penalty  # noqa: E402
+from student import Student  # noqa: E402
+from teacher import load_teacher  # noqa: E402
+
+
+def teacher_cache_key(teacher_dir: Path, num_steps: int) -> str:
+    """Identifies the teacher's weights and sampler, so retrained teachers never reuse stale targets."""
+    h = hashlib.sha1()
+    for f in sorted(teacher_dir.glob("*.safetensors")):
+        h.update(f.read_bytes())
+    return f"teacher-{h.hexdigest()[:12]}-k{num_steps}"
+
+
+def build_student(cfg, teacher, channels: int) -> Student:
+    s = cfg.student
+    if s.init == "teacher":
+        if teacher.kind != "flow":
+            raise SystemExit(f"error: student.init=teacher needs a flow teacher; this teacher is "
+                             f"'{teacher.kind}' (an 865M-parameter UNet): use student.init=slim")
+        return Student.from_flow_teacher(teacher, t=s.t)
+    return Student(channels, "slim", s.block_out_channels, s.layers_per_block, s.norm_num_groups)
+
+
+def main(argv=None) -> dict:
+    parser = stage_parser("Stage two: distill the teacher into a one-step student.")
+    parser.add_argument("--teacher", default=None, help="teacher run or model folder (default: the config's)")
+    args = parser.parse_args(argv)
+    cfg = load_stage_config(args)
+    d = cfg.distill
+    out_dir = Path(args.output_dir) if args.output_dir else cfg.run_dir("student")
+    total_steps = args.max_train_steps or d.train_steps
+    accelerator = make_accelerator(cfg.train, out_dir, cfg.experiment.seed)
+    write_run_config(cfg, out_dir, accelerator)
+    wall_start = time.time()
+
+    # teacher and its codec (the student works in the teacher's latent space)
+    teacher_dir = resolve_model_dir(args.teacher or cfg.run_dir("teacher"))
+    teacher, codec_cfg, teacher_manifest = load_teacher(teacher_dir)
+    teacher = teacher.to(accelerator.device).requires_grad_(False)
+    codec = build_codec(CodecConfig(**codec_cfg)).to(accelerator.device)
+
+    # data: cached latents plus the teacher's K-step outputs for each of them
+    train_src, val_src = open_sources(cfg, accelerator)
+    dataset = latent_dataset(cfg, train_src, codec, accelerator)
+    cache = Path(cfg.experiment.output_root) / "cache" / "teacher" if d.cache_teacher else None
+    sample = lambda z: teacher.sample(z.to(accelerator.device))  # noqa: E731
+    if cache is not None:  # deterministic teacher: targets computed once, on the main process first
+        key = teacher_cache_key(teacher_dir, teacher.num_steps)
+        if accelerator.is_main_process:
+            dataset.add_target("z_teacher", sample, cache, key)
+        accelerator.wait_for_everyone()
+        if not accelerator.is_main_process:
+            dataset.add_target("z_teacher", sample, cache, key, show_progress=False)
+
+    # student, discriminator, optimisers
+    torch.manual_seed(cfg.experiment.seed)
+    student = build_student(cfg, teacher, codec.channels)
+    disc = build_discriminator(d.discriminator, codec.channels, decode=codec.decode,
+                               teacher_unet=getattr(teacher, "net", None) if teacher.kind == "flow" else None)
+    disc = disc.to(accelerator.device)
+    opt_g, sched_g = make_optimizer(student.parameters(), d.learning_rate, cfg.train, total_steps)
+    opt_d, sched_d = make_optimizer(disc.trainable_parameters(), d.disc_learning_rate, cfg.train, total_steps)
+    student_p, disc_p, opt_g, opt_d = accelerator.prepare(student, disc, opt_g, opt_d)
+    adversarial = lambda step: d.lambda_adv > 0 and step >= d.adv_warmup_steps  # noqa: E731
+
+    def teacher_target(batch):
+        return batch["z_teacher"] if "z_teacher" in batch else teacher.sample(batch["z_in"])
+
+    def disc_loss(batch, step):
+        z_in, real = batch["z_in"], batch["z_target"]
+        with torch.no_grad():
+            fake = student_p(z_in)
+        real = real.detach().requires_grad_(d.r1_gamma > 0)
+        real_logits = disc_p(real, z_in)
+        loss = gan_d_loss(d.gan_loss, real_logits, disc_p(fake.detach(), z_in))
+        parts = {"loss_d": loss.detach()}
+        if d.r1_gamma > 0:
+            r1 = r1_penalty(real_logits, real)
+            loss = loss + d.r1_gamma / 2 * r1  # gamma / 2 * E ||grad_x D(x)||^2 on the reals
+            parts["r1"] = r1.detach()
+        return loss, parts
+
+    def student_loss(batch, step):
+        z_in = batch["z_in"]
+        z_out = student_p(z_in)
+        l_distill = distill_loss(d.distill_loss, z_out, teacher_target(batch))
+        loss = d.lambda_distill * l_distill
+        parts = {"loss_distill": l_distill.detach()}
+        if d.lambda_gt > 0:
+            l_gt = torch.mean((z_out.float() - batch["z_target"].float()) ** 2)  # || G(z_in) - z_target ||^2
+            loss = loss + d.lambda_gt * l_gt
+            parts["loss_gt"] = l_gt.detach()
+        if adversarial(step):
+            # the unwrapped D: its parameters are frozen here, so DDP must not wait for their gradients
+            d_raw = accelerator.unwrap_model(disc_p)
+            d_raw.requires_grad_(False)
+            l_adv = gan_g_loss(d.gan_loss, d_raw(z_out, z_in))
+            for p in d_raw.trainable_parameters():
+                p.requires_grad_(True)
+            loss = loss + d.lambda_adv * l_adv
+            parts["loss_adv"] = l_adv.detach()
+        return loss, parts
+
+    phases = [Phase("disc", disc_p, opt_d, sched_d, disc_loss, active=adversarial),
+              Phase("student", student_p, opt_g, sched_g, student_loss)]
+    validate = make_validator(cfg, accelerator, codec, val_src, lambda z: student(z), out_dir)
+    accelerator.init_trackers("distill", config=tracker_config(cfg))
+    result = train(accelerator, cfg.train, phases=phases, dataset=dataset, total_steps=total_steps,
+                   seed=cfg.experiment.seed, output_dir=out_dir, ema_module=student_p, validate=validate,
+                   resume=args.resume_from_checkpoint, description="distill")
+
+    metrics = {}
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(student_p)
+        if result["ema"] is not None:
+            result["ema"].store_and_copy_to(unwrapped)
+        metrics = validate(result["step"], True)
+        unwrapped.save_pretrained(out_dir / "model", codec=codec_cfg, manifest={
+            "step": result["step"], "train_seconds": result["train_seconds"],
+            "wall_seconds": time.time() - wall_start, "metrics": metrics, "teacher": str(teacher_dir),
+            "teacher_metrics": teacher_manifest.get("metrics", {}), "function_evals": 1,
+            "lambda_adv": d.lambda_adv, "discriminator": d.discriminator.kind,
+            "working_long_side": cfg.data.val_long_side})
+        print(f"student (1 step) on validation: PSNR {metrics.get('psnr', 0):.2f} dB; teacher "
+              f"(K={teacher.num_steps}) {teacher_manifest.get('metrics', {}).get('psnr', float('nan')):.2f} dB; "
+              f"identity {metrics.get('identity_psnr', 0):.2f} dB; model saved to {out_dir / 'model'}")
+    accelerator.end_training()
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

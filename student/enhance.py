@@ -1,0 +1,116 @@
+"""Enhance new photos with a trained model: folder (or file) in, folder (and ZIP) out.
+
+    python -m student.enhance --model runs/demo/student --input photos/ --output edited/ [--zip edited.zip]
+    accelerate launch -m student.enhance --model ... --input ... --output ...   # several GPUs
+
+Any size: the model runs at its working resolution (`--long-side`, default the size it was
+validated at) and the edit is carried to the original pixels by the full-resolution transfer,
+so a 24 MP photo keeps its detail and needs no tiles. Outputs keep the input's file name,
+format, EXIF and ICC profile. Photos already done are skipped, so an interrupted run resumes.
+Unreadable photos are listed at the end and the exit status is then 1. Inputs are never
+overwritten.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import zipfile
+from pathlib import Path
+
+import torch
+
+from core.checkpoint import read_json, resolve_model_dir
+from core.codecs import build_codec
+from core.config import CodecConfig
+from core.images import IMAGE_SUFFIXES, ImageError, load_image, save_image
+from core.pipeline import EditPipeline
+
+
+def load_model(path: str | Path, device):
+    """(predict fn, codec config, long side) for a student or teacher model folder."""
+    directory = resolve_model_dir(path)
+    kind = read_json(directory / "config.json").get("kind")
+    if kind == "student":
+        from student.model import Student
+
+        model, codec_cfg, manifest = Student.from_pretrained(directory)
+        model = model.to(device)
+        predict = torch.no_grad()(model)
+    else:
+        from teacher import load_teacher
+
+        model, codec_cfg, manifest = load_teacher(directory)
+        model = model.to(device)
+        predict = model.sample
+    return predict, codec_cfg, manifest
+
+
+def list_inputs(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise SystemExit(f"error: --input {path} does not exist")
+    return sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description="Apply a trained edit to photos, at full resolution.")
+    p.add_argument("--model", required=True, help="student (or teacher) run or model folder")
+    p.add_argument("--input", required=True, help="a photo or a folder of photos")
+    p.add_argument("--output", required=True, help="output folder (created)")
+    p.add_argument("--zip", default=None, help="also pack the outputs into this ZIP file")
+    p.add_argument("--long-side", type=int, default=0, help="working resolution (default: the model's)")
+    p.add_argument("--transfer", choices=["grid", "none"], default="grid")
+    p.add_argument("--grid", type=int, default=32)
+    p.add_argument("--overwrite", action="store_true", help="redo photos whose output exists")
+    args = p.parse_args(argv)
+
+    from accelerate import PartialState
+
+    state = PartialState()  # one process per GPU under accelerate launch; photos split between them
+    predict, codec_cfg, manifest = load_model(args.model, state.device)
+    codec = build_codec(CodecConfig(**codec_cfg)).to(state.device)
+    long_side = args.long_side or int(manifest.get("working_long_side", 0) or 512)
+    pipe = EditPipeline(predict, codec, long_side, args.transfer, args.grid, state.device)
+
+    inputs = list_inputs(Path(args.input))
+    out_dir = Path(args.output)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    failed: list[str] = []
+    from rich.progress import track
+
+    with state.split_between_processes(inputs) as mine:
+        for src in track(mine, description="enhancing", disable=not state.is_main_process):
+            dst = out_dir / src.name
+            if dst.resolve() == src.resolve():
+                failed.append(f"{src}: output would overwrite the input; choose another --output")
+                continue
+            if dst.exists() and not args.overwrite:
+                continue  # done by an earlier run
+            try:
+                rgb, meta = load_image(src)
+                save_image(dst, pipe(rgb), meta, bit_depth=16 if meta.bit_depth > 8 and dst.suffix.lower()
+                           in (".png", ".tif", ".tiff") else 8)
+            except (ImageError, OSError) as exc:
+                failed.append(f"{src}: {exc}")
+    state.wait_for_everyone()
+    if args.zip and state.is_main_process:
+        tmp = Path(args.zip).with_suffix(".zip.tmp")
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+            for src in inputs:
+                if (out_dir / src.name).exists():
+                    zf.write(out_dir / src.name, src.name)
+        tmp.replace(args.zip)
+    if failed:
+        print(f"{len(failed)} photo(s) failed:", file=sys.stderr)
+        for line in failed:
+            print(f"  {line}", file=sys.stderr)
+        return 1
+    print(json.dumps({"done": len(inputs), "output": str(out_dir), "zip": args.zip}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

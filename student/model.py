@@ -1,0 +1,63 @@
+"""The one-step latent student: one network evaluation, `z_out = z_in + G(z_in)`.
+
+G is either the teacher's own network evaluated at a fixed t (`init: teacher`, flow teacher
+only: G(z) = (1 - t) * v([z, z], t), i.e. one Euler step from t to 1) or a slimmer UNet
+(`init: slim`, any teacher, including the 865M-parameter hypir UNet) whose last layer starts
+at zero, so training starts from the identity.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from core.checkpoint import load_model_folder, resolve_model_dir, save_model_folder
+from core.nets import make_unet
+
+
+class Student(nn.Module):
+    def __init__(self, channels: int, init: str = "slim", block_out_channels=(32, 64, 64),
+                 layers_per_block: int = 1, norm_num_groups: int = 16, t: float = 0.0, t_scale: float = 1000.0,
+                 mid_attention: bool = True):
+        super().__init__()
+        self.arch = dict(channels=channels, init=init, block_out_channels=list(block_out_channels),
+                         layers_per_block=layers_per_block, norm_num_groups=norm_num_groups, t=t,
+                         t_scale=t_scale, mid_attention=mid_attention)
+        self.channels, self.init, self.t, self.t_scale = channels, init, t, t_scale
+        in_ch = 2 * channels if init == "teacher" else channels
+        self.net = make_unet(in_ch, channels, block_out_channels, layers_per_block, norm_num_groups, mid_attention)
+        if init == "slim":
+            nn.init.zeros_(self.net.conv_out.weight)
+            nn.init.zeros_(self.net.conv_out.bias)
+
+    @classmethod
+    def from_flow_teacher(cls, teacher, t: float = 0.0) -> "Student":
+        """Copy a flow teacher's network; the student is its single Euler step from t to 1."""
+        a = teacher.arch
+        student = cls(a["channels"], "teacher", a["block_out_channels"], a["layers_per_block"],
+                      a["norm_num_groups"], t=t, t_scale=a["t_scale"])
+        student.net.load_state_dict(teacher.net.state_dict())
+        return student
+
+    def forward(self, z_in: torch.Tensor) -> torch.Tensor:
+        """z_in (B, C, h, w) -> z_out (B, C, h, w)."""
+        b = z_in.shape[0]
+        if self.init == "teacher":
+            t = torch.full((b,), self.t * self.t_scale, device=z_in.device, dtype=z_in.dtype)
+            return z_in + (1 - self.t) * self.net(torch.cat([z_in, z_in], 1), t).sample
+        t0 = torch.zeros((b,), device=z_in.device, dtype=z_in.dtype)
+        return z_in + self.net(z_in, t0).sample
+
+    def save_pretrained(self, directory: str | Path, codec: dict, manifest: dict) -> Path:
+        return save_model_folder(directory, self.state_dict(), config={"kind": "student", "arch": self.arch,
+                                 "codec": codec}, manifest={"stage": "student", **manifest})
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path):
+        """(student in eval mode, codec config dict, manifest) from a run or model folder."""
+        tensors, config, manifest = load_model_folder(resolve_model_dir(path))
+        student = cls(**config["arch"])
+        student.load_state_dict(tensors)
+        return student.eval(), config["codec"], manifest

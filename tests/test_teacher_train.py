@@ -1,0 +1,122 @@
+"""Stage one end to end on tiny settings: train, save, reload; exact resume; SIGKILL resume."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import REPO, tiny_overrides
+
+TRAIN = [sys.executable, str(REPO / "teacher" / "train.py"), "--config", str(REPO / "configs" / "demo.yaml")]
+
+
+def run_teacher(args, **kw):
+    from teacher.train import main
+
+    return main(["--config", str(REPO / "configs" / "demo.yaml"), *args], **kw)
+
+
+def test_teacher_trains_saves_and_reloads(tiny_data, tmp_path):
+    from teacher import load_teacher
+
+    metrics = run_teacher(tiny_overrides(tiny_data, tmp_path))
+    assert metrics["psnr"] > 0 and metrics["identity_psnr"] > 0
+    model_dir = tmp_path / "demo" / "teacher" / "model"
+    teacher, codec_cfg, manifest = load_teacher(model_dir.parent)
+    assert codec_cfg["kind"] == "pixel" and manifest["step"] == 6 and manifest["train_seconds"] > 0
+    z = torch.randn(1, 48, 8, 8)
+    again, _, _ = load_teacher(model_dir)
+    assert torch.equal(teacher.sample(z), again.sample(z))  # deterministic sampler, same weights
+    assert (tmp_path / "demo" / "teacher" / "config.yaml").is_file()
+    assert sorted(p.name for p in (tmp_path / "demo" / "teacher").glob("checkpoint-*")) == ["checkpoint-3",
+                                                                                             "checkpoint-6"]
+
+
+def _state(ckpt: Path) -> dict:
+    rng = torch.load(ckpt / "random_states_0.pkl", weights_only=False)  # our own file
+    opt = torch.load(ckpt / "optimizer.bin", weights_only=False)
+    return {"model": load_file(ckpt / "model.safetensors"), "opt": opt, "rng": rng["torch_manual_seed"]}
+
+
+def test_resume_matches_an_uninterrupted_run(tiny_data, tmp_path):
+    """accelerate's own bar: N steps straight == save, reload, continue (weights, optimiser, RNG)."""
+    straight = tmp_path / "straight"
+    run_teacher([*tiny_overrides(tiny_data, tmp_path), "--output_dir", str(straight)])
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    import shutil
+
+    shutil.copytree(straight / "checkpoint-3", resumed / "checkpoint-3")
+    run_teacher([*tiny_overrides(tiny_data, tmp_path), "--output_dir", str(resumed),
+                 "--resume_from_checkpoint", "latest"])
+    a, b = _state(straight / "checkpoint-6"), _state(resumed / "checkpoint-6")
+    assert a["model"].keys() == b["model"].keys()
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for (ka, va), (kb, vb) in zip(a["opt"]["state"].items(), b["opt"]["state"].items()):
+        for name in va:
+            assert torch.equal(torch.as_tensor(va[name]), torch.as_tensor(vb[name])), (ka, name)
+    assert torch.equal(a["rng"], b["rng"])
+
+
+def test_sigkill_mid_run_resumes_from_last_checkpoint(tiny_data, tmp_path):
+    out = tmp_path / "killed"
+    args = [*TRAIN, *tiny_overrides(tiny_data, tmp_path), "--output_dir", str(out),
+            "teacher.train_steps=400", "train.checkpointing_steps=2"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out / "checkpoint-4").is_dir():
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (out / "checkpoint-4").is_dir(), "the run never reached its second checkpoint"
+    assert not (out / "model").exists()
+    done = sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*"))
+    res = subprocess.run([*args[:-2], "teacher.train_steps=" + str(done[-1] + 2), "train.checkpointing_steps=2",
+                          "--resume_from_checkpoint", "latest"], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert f"resuming from {out / f'checkpoint-{done[-1]}'}" in res.stdout
+    assert (out / "model" / "manifest.json").is_file()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo is tested on Linux")
+def test_two_processes_train_together(tiny_data, tmp_path):
+    """torchrun with 2 CPU processes (gloo): sharded data, synchronised gradients, one model."""
+    out = tmp_path / "ddp"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+           "29531", *TRAIN[1:], *tiny_overrides(tiny_data, tmp_path), "--output_dir", str(out),
+           "teacher.train_steps=4", "train.checkpointing_steps=4"]
+    res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (out / "model" / "manifest.json").is_file()
+    assert (out / "checkpoint-4" / "random_states_1.pkl").is_file()  # both ranks saved their state
+
+
+def test_sharding_and_gradient_sync_match_one_big_batch(tmp_path):
+    """2 processes x batch 2 == 1 process x batch 4: disjoint shards, averaged gradients."""
+    import json
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    toy = str(REPO / "tests" / "ddp_toy.py")
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                          "29533", toy, str(tmp_path / "ddp"), "2"], env=env, capture_output=True, text=True,
+                         timeout=180)
+    assert res.returncode == 0, res.stderr[-3000:]
+    subprocess.run([sys.executable, toy, str(tmp_path / "one"), "4"], env=env, check=True, timeout=120)
+    r0, r1 = (json.loads((tmp_path / "ddp" / f"rank{r}.json").read_text()) for r in (0, 1))
+    one = json.loads((tmp_path / "one" / "rank0.json").read_text())
+    assert r0["weight"] == r1["weight"] and r0["bias"] == r1["bias"]  # gradients in sync
+    for step in range(8):
+        a, b = r0["seen"][2 * step:2 * step + 2], r1["seen"][2 * step:2 * step + 2]
+        assert not set(a) & set(b)  # each process its own shard
+        assert sorted(a + b) == sorted(one["seen"][4 * step:4 * step + 4])  # together: the big batch
+    assert torch.allclose(torch.tensor(r0["weight"]), torch.tensor(one["weight"]), atol=1e-5)
