@@ -51,6 +51,7 @@ class DataConfig:
     crop_size: int = 128  # training crop in pixels (0 = whole image)
     flip: bool = True
     val_long_side: int = 256  # working resolution for validation and eval
+    size_multiple: int = 32  # working sizes are multiples of this (codec factor x network downsampling)
     max_pixels: int = 200_000_000
     cache_latents: bool = True  # encode the pairs once with a frozen codec
 
@@ -179,6 +180,19 @@ class TrainConfig:
 
 
 @dataclass
+class LUTConfig:
+    """The image-adaptive 3D LUT baseline (student/train_lut.py)."""
+
+    num_basis: int = 3
+    size: int = 33  # entries per colour axis
+    cnn_size: int = 256  # the weight-predicting CNN sees the photo resized to cnn_size x cnn_size
+    train_steps: int = 1500
+    learning_rate: float = 1e-3
+    lambda_tv: float = 1e-4  # smoothness of the LUT (the paper's lambda_s)
+    lambda_mono: float = 10.0  # monotonicity of the LUT (the paper's lambda_m)
+
+
+@dataclass
 class Config:
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -188,6 +202,7 @@ class Config:
     distill: DistillConfig = field(default_factory=DistillConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    lut: LUTConfig = field(default_factory=LUTConfig)
 
     def run_dir(self, stage: str) -> Path:
         return Path(self.experiment.output_root) / self.experiment.name / stage
@@ -305,8 +320,14 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"teacher.num_steps={cfg.teacher.num_steps}: must be >= 1")
     if cfg.train.gradient_accumulation_steps < 1:
         raise ConfigError("train.gradient_accumulation_steps must be >= 1")
+    if cfg.codec.kind == "pixel" and cfg.data.size_multiple % cfg.codec.factor:
+        raise ConfigError(f"data.size_multiple={cfg.data.size_multiple} must be a multiple of codec.factor="
+                          f"{cfg.codec.factor}")
     if cfg.codec.kind != "pixel" and not cfg.codec.pretrained:
         raise ConfigError(f"codec.kind={cfg.codec.kind} needs codec.pretrained (hub id or folder)")
+    if cfg.lut.num_basis < 1 or cfg.lut.size < 2 or cfg.lut.cnn_size < 32:
+        raise ConfigError(f"lut.num_basis={cfg.lut.num_basis}, lut.size={cfg.lut.size}, lut.cnn_size="
+                          f"{cfg.lut.cnn_size}: need num_basis >= 1, size >= 2 and cnn_size >= 32")
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

@@ -193,6 +193,9 @@ def _open_dataset(source: str, input_column: str, target_column: str, split: str
     """(dataset with undecoded image columns, None) or (None, Problem)."""
     fix = ("give a folder with input/ and target/, a parquet file, a save_to_disk folder, an "
            "imagefolder, or a reachable hub id")
+    looks_local = source.startswith((".", "/", "~")) or source.count("/") > 1  # not owner/name
+    if looks_local and not Path(source).expanduser().exists():
+        return None, Problem(source, "no such file or folder", "check the path")
     try:
         ds = _load_hf(source, split)
     except Exception as e:  # noqa: BLE001 - datasets fails in many types; each becomes a Problem
@@ -202,7 +205,9 @@ def _open_dataset(source: str, input_column: str, target_column: str, split: str
         return None, Problem(source, f"no column {', '.join(map(repr, missing))} (columns: "
                              f"{', '.join(ds.column_names)})",
                              "pass --input-column/--target-column (data.input_column and "
-                             "data.target_column in the config)")
+                             "data.target_column in the config)" + (
+                                 "; a folder of pairs needs input/ and target/"
+                                 if Path(source).is_dir() else ""))
     from datasets import Image as ImageFeature
 
     try:  # undecoded: we decode the bytes ourselves, exactly as load_image does
@@ -431,9 +436,35 @@ def shard_indices(n: int, epoch: int, seed: int, rank: int, world: int,
     return order[rank::world]
 
 
+def split_folder(source: str | Path, out: str | Path, val: int) -> dict[str, list[str]]:
+    """Lay out `out/train` and `out/val` (input/ and target/ each) as symbolic links to a checked
+    pair folder: the last `val` stems in sorted order go to validation. Nothing is copied."""
+    report = check_pairs(source)
+    if not report.ok:
+        raise DataError(f"{source}: fix these first:\n" + "\n".join(map(str, report.problems)))
+    pairs = sorted(report.pairs, key=lambda p: p.name)
+    if not 0 < val < len(pairs):
+        raise DataError(f"--val {val}: choose between 1 and {len(pairs) - 1} for {len(pairs)} pairs")
+    splits = {"train": pairs[:-val], "val": pairs[-val:]}
+    for split, members in splits.items():
+        for side in ("input", "target"):
+            folder = Path(out) / split / side
+            folder.mkdir(parents=True, exist_ok=True)
+            for old in folder.iterdir():
+                old.unlink()
+            for pair in members:
+                src = Path(getattr(pair, side)).resolve()
+                (folder / src.name).symlink_to(src)
+    return {k: [p.name for p in v] for k, v in splits.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m core.data", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
+    split = sub.add_parser("split", help="link a pair folder into train/ and val/ folders (no copies)")
+    split.add_argument("path", help="folder with input/ and target/")
+    split.add_argument("out", help="where train/ and val/ are made")
+    split.add_argument("--val", type=int, default=4, help="number of pairs for validation (the last stems)")
     check = sub.add_parser("check", help="check a folder or dataset of pairs, list every problem")
     check.add_argument("path", help="folder with input/ and target/, or a dataset path / hub id")
     check.add_argument("--input-column", default="input_image")
@@ -441,6 +472,14 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--split", default="train")
     check.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS)
     args = parser.parse_args(argv)
+    if args.command == "split":
+        try:
+            names = split_folder(args.path, args.out, args.val)
+        except DataError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        print(f"{args.out}: {len(names['train'])} train, {len(names['val'])} val ({', '.join(names['val'])})")
+        return 0
 
     from rich.console import Console
     from rich.text import Text

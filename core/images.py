@@ -40,7 +40,7 @@ ORIENTATION = 0x0112
 # TIFF tags that describe the file's own pixel layout: never copied into another file's EXIF.
 _LAYOUT_TAGS = {254, 255, 256, 257, 258, 259, 262, 273, 277, 278, 279, 284, 317, 320, 322, 323,
                 324, 325, 338, 339, 340, 341, 530, 531, 532, 700, 33723, 34377, 34675}
-_OPEN_LOCK = threading.Lock()  # Image.MAX_IMAGE_PIXELS is global: one open at a time
+_OPEN_LOCK = threading.Lock()  # we switch PIL's global Image.MAX_IMAGE_PIXELS around each open
 
 
 class ImageError(ValueError):
@@ -99,6 +99,8 @@ def _load(im: Image.Image, name: str) -> None:
     ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated photo is an error, never grey pixels
     try:
         im.load()
+    except MemoryError:
+        raise  # not the file's fault
     except Exception as e:
         raise ImageError(name, f"cannot decode: the file is truncated or corrupt ({e})",
                          "re-export it or remove it") from e
@@ -120,11 +122,10 @@ def _exif(im: Image.Image) -> tuple[int, bytes | None]:
 
 def _raw16(im: Image.Image) -> str | None:
     """The raw mode swapped to the other byte order if PIL reads 16-bit RGB(A) as 8-bit."""
-    modes = {t.args if isinstance(t.args, str) else t.args[0] for t in im.tile}
-    if len(modes) != 1:
-        return None
-    raw = modes.pop()
-    if not (raw.startswith(("RGB;16", "RGBA;16")) and raw[-1] in "BLN"):
+    modes = {t.args if isinstance(t.args, str) else
+             (t.args[0] if isinstance(t.args, tuple) and t.args else None) for t in im.tile}
+    raw = modes.pop() if len(modes) == 1 else None
+    if not (isinstance(raw, str) and raw.startswith(("RGB;16", "RGBA;16")) and raw[-1] in "BLN"):
         return None
     order = raw[-1] if raw[-1] != "N" else ("L" if sys.byteorder == "little" else "B")
     return raw[:-1] + ("B" if order == "L" else "L")
@@ -349,7 +350,7 @@ def _save8(f, u8: np.ndarray, fmt: str, quality: int, icc, exif, path: Path) -> 
     if fmt == "JPEG":
         kw.update(quality=quality, subsampling=0 if quality >= 90 else 2)  # 4:4:4 keeps colour
         if exif and len(exif) > 65533:  # a JPEG segment holds 64 KiB; keep the photo, drop EXIF
-            warnings.warn(f"{path}: EXIF is {len(exif)} bytes, too long for JPEG: not written")
+            warnings.warn(f"{path}: EXIF is {len(exif)} bytes, too long for JPEG: not written", stacklevel=2)
             del kw["exif"]
     elif fmt == "WEBP":
         kw["quality"] = quality

@@ -19,11 +19,11 @@ from core.data import PairSource, fit_long_side
 from core.images import resize
 
 
-def load_pair_tensors(source: PairSource, i: int, long_side: int, factor: int):
-    """Pair i resized to `long_side` (0 = as is) and rounded to the factor: two (3, H, W) in [0, 1]."""
+def load_pair_tensors(source: PairSource, i: int, long_side: int, multiple: int):
+    """Pair i resized to `long_side` (0 = as is), sides rounded down to `multiple`: two (3, H, W) in [0, 1]."""
     inp, tgt = source.load(i)
     h, w = inp.shape[:2]
-    h2, w2 = fit_long_side(h, w, long_side or max(h, w), factor)
+    h2, w2 = fit_long_side(h, w, long_side or max(h, w), multiple)
     if (h2, w2) != (h, w):
         inp, tgt = resize(inp, (w2, h2)), resize(tgt, (w2, h2))
     to_t = lambda a: torch.from_numpy(a).permute(2, 0, 1).contiguous().float()  # noqa: E731
@@ -44,9 +44,9 @@ class LatentPairDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, source: PairSource, codec: Codec, *, long_side: int, crop_size: int, flip: bool,
-                 seed: int, cache_dir: str | Path | None, show_progress: bool = True):
+                 seed: int, cache_dir: str | Path | None, multiple: int, show_progress: bool = True):
         self.source, self.codec, self.flip, self.seed = source, codec, flip, seed
-        self.long_side = long_side
+        self.long_side, self.multiple = long_side, multiple
         self.crop = crop_size // codec.factor if crop_size else 0
         self.epoch = 0
         self.keys = ["z_in", "z_target"]  # every key is cropped and flipped together
@@ -57,13 +57,16 @@ class LatentPairDataset(torch.utils.data.Dataset):
         for i in track(range(len(source)), description="encoding pairs", disable=not show_progress):
             self.items.append(self._cached(i, folder, long_side))
 
+    def _cache_path(self, folder: Path | None, i: int) -> Path | None:
+        if folder is None:
+            return None
+        return folder / f"{self.source.content_key(i)}-{self.long_side}-m{self.multiple}-f{int(self.flip)}.safetensors"
+
     def _cached(self, i: int, folder: Path | None, long_side: int) -> dict[str, torch.Tensor]:
-        path = None
-        if folder is not None:
-            path = folder / f"{self.source.content_key(i)}-{long_side}-f{int(self.flip)}.safetensors"
-            if path.is_file():
-                return load_safetensors(path)
-        x_in, x_tgt = load_pair_tensors(self.source, i, long_side, self.codec.factor)
+        path = self._cache_path(folder, i)
+        if path is not None and path.is_file():
+            return load_safetensors(path)
+        x_in, x_tgt = load_pair_tensors(self.source, i, long_side, self.multiple)
         item = {"z_in": encode(self.codec, x_in), "z_target": encode(self.codec, x_tgt)}
         if self.flip:
             item["z_in_flip"] = encode(self.codec, x_in.flip(-1))
@@ -80,27 +83,42 @@ class LatentPairDataset(torch.utils.data.Dataset):
 
     @torch.no_grad()
     def add_target(self, key: str, fn, cache_dir: str | Path | None, cache_key: str,
-                   show_progress: bool = True) -> None:
-        """Add `key` = fn(z_in[None])[0] to every item (and its mirror), cached per item.
+                   show_progress: bool = True, batch_size: int = 16) -> None:
+        """Add `key` = fn(z_in) to every item (and its mirror), cached per item.
 
-        Used for the teacher's outputs: each item is its own file, so an interrupted build
-        resumes where it stopped.
+        Used for the teacher's outputs. Items of the same size go through `fn` together, in
+        batches; each item is its own file, so an interrupted build resumes where it stopped.
         """
-        from rich.progress import track
+        from rich.progress import Progress
 
         folder = Path(cache_dir) / cache_key if cache_dir else None
-        for i in track(range(len(self.items)), description=f"computing {key}", disable=not show_progress):
-            path = folder / f"{self.source.content_key(i)}-{self.long_side}-f{int(self.flip)}.safetensors" \
-                if folder else None
+        todo = []
+        for i in range(len(self.items)):
+            path = self._cache_path(folder, i)
             if path is not None and path.is_file():
                 self.items[i].update(load_safetensors(path))
-                continue
-            out = {key: fn(self.items[i]["z_in"][None])[0].float().cpu()}
-            if self.flip:
-                out[f"{key}_flip"] = fn(self.items[i]["z_in_flip"][None])[0].float().cpu()
-            if path is not None:
-                save_safetensors(out, path)
-            self.items[i].update(out)
+            else:
+                todo.append(i)
+        names = ["z_in", "z_in_flip"] if self.flip else ["z_in"]
+        by_shape: dict[tuple, list[int]] = {}
+        for i in todo:
+            by_shape.setdefault(tuple(self.items[i]["z_in"].shape), []).append(i)
+        with Progress(disable=not show_progress) as progress:
+            task = progress.add_task(f"computing {key}", total=len(todo))
+            for group in by_shape.values():
+                for start in range(0, len(group), batch_size):
+                    ids = group[start:start + batch_size]
+                    outs = {}
+                    for name in names:
+                        z = torch.stack([self.items[i][name] for i in ids])
+                        outs[name.replace("z_in", key)] = fn(z).float().cpu()
+                    for j, i in enumerate(ids):
+                        out = {k: v[j].clone() for k, v in outs.items()}
+                        path = self._cache_path(folder, i)
+                        if path is not None:
+                            save_safetensors(out, path)
+                        self.items[i].update(out)
+                    progress.advance(task, len(ids))
         self.keys.append(key)
 
     def __getitem__(self, i: int) -> dict:
@@ -117,7 +135,7 @@ class LatentPairDataset(torch.utils.data.Dataset):
         return {**out, "index": i}
 
 
-def load_val_set(source: PairSource, long_side: int, factor: int, limit: int = 0):
+def load_val_set(source: PairSource, long_side: int, multiple: int, limit: int = 0):
     """Validation pairs at the working resolution: list of (name, input (3,H,W), target (3,H,W))."""
     n = len(source) if not limit else min(limit, len(source))
-    return [(source.names[i], *load_pair_tensors(source, i, long_side, factor)) for i in range(n)]
+    return [(source.names[i], *load_pair_tensors(source, i, long_side, multiple)) for i in range(n)]

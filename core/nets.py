@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from diffusers import UNet2DModel
 
 
@@ -15,3 +16,15 @@ def make_unet(in_channels: int, out_channels: int, block_out_channels, layers_pe
         layers_per_block=layers_per_block, down_block_types=("DownBlock2D",) * n,
         up_block_types=("UpBlock2D",) * n, norm_num_groups=norm_num_groups,
         add_attention=mid_attention, attention_head_dim=8)
+
+
+def to_channels_last(module: torch.nn.Module) -> torch.nn.Module:
+    """NHWC weights: oneDNN's convolutions (forward and backward) run many times faster on CPU."""
+    return module.to(memory_format=torch.channels_last)
+
+
+def run_unet(net: UNet2DModel, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """net(x, t).sample, feeding x in the memory format of the net's weights."""
+    if net.conv_in.weight.is_contiguous(memory_format=torch.channels_last) and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return net(x, t).sample

@@ -23,15 +23,19 @@ from core.transfer import apply_transfer
 
 class EditPipeline:
     def __init__(self, predict: Callable[[torch.Tensor], torch.Tensor] | None, codec, long_side: int,
-                 transfer: str = "grid", grid: int = 32, device: str | torch.device = "cpu"):
-        """`predict(z_in) -> z_out` on latents; None = identity (the input as output)."""
-        self.predict, self.codec, self.long_side = predict, codec, long_side
+                 transfer: str = "grid", grid: int = 32, device: str | torch.device = "cpu", multiple: int = 32):
+        """`predict(z_in) -> z_out` on latents; None = identity (the input as output).
+
+        The working copy's sides are multiples of `multiple` (the codec factor times the
+        networks' downsampling), so every model sees sizes it can take.
+        """
+        self.predict, self.codec, self.long_side, self.multiple = predict, codec, long_side, multiple
         self.transfer, self.grid, self.device = transfer, grid, torch.device(device)
         self.timings: dict[str, float] = {}
 
     def working_copy(self, rgb: np.ndarray) -> np.ndarray:
         h, w = rgb.shape[:2]
-        h2, w2 = fit_long_side(h, w, self.long_side, self.codec.factor)
+        h2, w2 = fit_long_side(h, w, self.long_side, self.multiple)
         return rgb if (h2, w2) == (h, w) else resize(rgb, (w2, h2))
 
     @torch.no_grad()

@@ -35,7 +35,7 @@ def latent_dataset(cfg: Config, source: PairSource, codec, accelerator) -> Laten
     """Cached latents; the main process encodes first so the others only read the cache."""
     cache = Path(cfg.experiment.output_root) / "cache" / "latents" if cfg.data.cache_latents else None
     kw = dict(long_side=cfg.data.train_long_side, crop_size=cfg.data.crop_size, flip=cfg.data.flip,
-              seed=cfg.experiment.seed, cache_dir=cache)
+              seed=cfg.experiment.seed, cache_dir=cache, multiple=cfg.data.size_multiple)
     ds = None
     if accelerator.is_main_process:
         ds = LatentPairDataset(source, codec, show_progress=True, **kw)
@@ -73,7 +73,7 @@ def make_validator(cfg: Config, accelerator, codec, val_source: PairSource, pred
 
     `predict(z_in) -> z_out` runs the model being trained. Runs on the main process only.
     """
-    val = load_val_set(val_source, cfg.data.val_long_side, codec.factor, limit=max_images)
+    val = load_val_set(val_source, cfg.data.val_long_side, cfg.data.size_multiple, limit=max_images)
     identity = float(np.mean([psnr_db(x, y) for _, x, y in val])) if val else float("nan")
 
     @torch.no_grad()

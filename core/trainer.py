@@ -127,7 +127,8 @@ def make_accelerator(tc: TrainConfig, output_dir: Path, seed: int):
             print("report_to=wandb but wandb is not installed; logging to TensorBoard instead")
             log_with = "tensorboard"
     accelerator = Accelerator(
-        mixed_precision=tc.mixed_precision, log_with=log_with,
+        # without cpu=True, accelerate does not treat torchrun's CPU processes as one gloo group
+        cpu=not torch.cuda.is_available(), mixed_precision=tc.mixed_precision, log_with=log_with,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")))
     set_seed(seed, device_specific=True)
     return accelerator
@@ -181,8 +182,14 @@ def _trim_to_trainable(models, weights, output_dir):
 
 
 def _progress(enabled: bool):
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("eta"),

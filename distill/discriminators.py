@@ -137,7 +137,7 @@ def load_openclip_visual(model_name: str, pretrained: str = "", image_size: int 
             f"path. Known tags for this model: {tags}.") from exc
     if not pretrained:
         warnings.warn(f"OpenCLIP discriminator {model_name!r} has RANDOM weights "
-                      "(distill.discriminator.openclip_pretrained is empty): fine for tests only.")
+                      "(distill.discriminator.openclip_pretrained is empty): fine for tests only.", stacklevel=2)
     return model.visual.eval()
 
 

@@ -15,6 +15,7 @@ logs/, val/, config.yaml and model/ (what eval/ and student.enhance load).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import sys
 import time
@@ -57,7 +58,7 @@ def build_student(cfg, teacher, channels: int) -> Student:
 def main(argv=None) -> dict:
     parser = stage_parser("Stage two: distill the teacher into a one-step student.")
     parser.add_argument("--teacher", default=None, help="teacher run or model folder (default: the config's)")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     cfg = load_stage_config(args)
     d = cfg.distill
     out_dir = Path(args.output_dir) if args.output_dir else cfg.run_dir("student")
@@ -89,8 +90,10 @@ def main(argv=None) -> dict:
     torch.manual_seed(cfg.experiment.seed)
     student = build_student(cfg, teacher, codec.channels)
     disc = build_discriminator(d.discriminator, codec.channels, decode=codec.decode,
-                               teacher_unet=getattr(teacher, "net", None) if teacher.kind == "flow" else None)
+                               teacher_unet=copy.deepcopy(teacher.net) if teacher.kind == "flow" else None,
+                               unet_timestep=getattr(teacher, "t_scale", 1000.0))
     disc = disc.to(accelerator.device)
+    d_real_label = disc.real_label  # 0.8 for the OpenCLIP heads (label smoothing), else 1
     opt_g, sched_g = make_optimizer(student.parameters(), d.learning_rate, cfg.train, total_steps)
     opt_d, sched_d = make_optimizer(disc.trainable_parameters(), d.disc_learning_rate, cfg.train, total_steps)
     student_p, disc_p, opt_g, opt_d = accelerator.prepare(student, disc, opt_g, opt_d)
@@ -105,7 +108,7 @@ def main(argv=None) -> dict:
             fake = student_p(z_in)
         real = real.detach().requires_grad_(d.r1_gamma > 0)
         real_logits = disc_p(real, z_in)
-        loss = gan_d_loss(d.gan_loss, real_logits, disc_p(fake.detach(), z_in))
+        loss = gan_d_loss(d.gan_loss, real_logits, disc_p(fake.detach(), z_in), real_label=d_real_label)
         parts = {"loss_d": loss.detach()}
         if d.r1_gamma > 0:
             r1 = r1_penalty(real_logits, real)
@@ -153,7 +156,8 @@ def main(argv=None) -> dict:
             "wall_seconds": time.time() - wall_start, "metrics": metrics, "teacher": str(teacher_dir),
             "teacher_metrics": teacher_manifest.get("metrics", {}), "function_evals": 1,
             "lambda_adv": d.lambda_adv, "discriminator": d.discriminator.kind,
-            "working_long_side": cfg.data.val_long_side})
+            "working_long_side": cfg.data.val_long_side,
+            "size_multiple": cfg.data.size_multiple})
         print(f"student (1 step) on validation: PSNR {metrics.get('psnr', 0):.2f} dB; teacher "
               f"(K={teacher.num_steps}) {teacher_manifest.get('metrics', {}).get('psnr', float('nan')):.2f} dB; "
               f"identity {metrics.get('identity_psnr', 0):.2f} dB; model saved to {out_dir / 'model'}")

@@ -72,7 +72,8 @@ def measure_row(row, codec, cfg, photo: np.ndarray, device) -> dict:
             img, long_side = photo, cfg.data.val_long_side  # the submission's path: model at its working size
         else:
             img, long_side = square_input(photo, int(res)), int(res)
-        pipe = EditPipeline(row["predict"], codec, long_side, e.transfer, e.transfer_grid, device)
+        pipe = EditPipeline(row["predict"], codec, long_side, e.transfer, e.transfer_grid, device,
+                            cfg.data.size_multiple)
         reset_peak_memory(device)
         parts = []
 
@@ -107,7 +108,7 @@ def main(argv=None) -> dict:
     p.add_argument("--config", default="configs/demo.yaml")
     p.add_argument("--output_dir", default=None)
     p.add_argument("overrides", nargs="*")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as exc:
@@ -132,7 +133,8 @@ def main(argv=None) -> dict:
     names = val.names[:n]
     images_dir = out_dir / "images"
     for row in rows:
-        pipe = EditPipeline(row["predict"], codec, d.val_long_side, cfg.eval.transfer, cfg.eval.transfer_grid, device)
+        pipe = EditPipeline(row["predict"], codec, d.val_long_side, cfg.eval.transfer, cfg.eval.transfer_grid,
+                            device, d.size_multiple)
         per_image = []
         slug = row["name"].replace(" ", "_").replace("=", "")
         for i in track(range(n), description=f"quality: {row['name']}"):

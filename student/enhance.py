@@ -69,11 +69,13 @@ def main(argv=None) -> int:
 
     from accelerate import PartialState
 
-    state = PartialState()  # one process per GPU under accelerate launch; photos split between them
+    # one process per GPU under accelerate launch (or per CPU process under torchrun); photos split between them
+    state = PartialState(cpu=not torch.cuda.is_available())
     predict, codec_cfg, manifest = load_model(args.model, state.device)
     codec = build_codec(CodecConfig(**codec_cfg)).to(state.device)
     long_side = args.long_side or int(manifest.get("working_long_side", 0) or 512)
-    pipe = EditPipeline(predict, codec, long_side, args.transfer, args.grid, state.device)
+    multiple = int(manifest.get("size_multiple", 32))
+    pipe = EditPipeline(predict, codec, long_side, args.transfer, args.grid, state.device, multiple)
 
     inputs = list_inputs(Path(args.input))
     out_dir = Path(args.output)

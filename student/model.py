@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from core.checkpoint import load_model_folder, resolve_model_dir, save_model_folder
-from core.nets import make_unet
+from core.nets import make_unet, run_unet, to_channels_last
 
 
 class Student(nn.Module):
@@ -31,6 +31,7 @@ class Student(nn.Module):
         if init == "slim":
             nn.init.zeros_(self.net.conv_out.weight)
             nn.init.zeros_(self.net.conv_out.bias)
+        to_channels_last(self.net)
 
     @classmethod
     def from_flow_teacher(cls, teacher, t: float = 0.0) -> "Student":
@@ -46,9 +47,9 @@ class Student(nn.Module):
         b = z_in.shape[0]
         if self.init == "teacher":
             t = torch.full((b,), self.t * self.t_scale, device=z_in.device, dtype=z_in.dtype)
-            return z_in + (1 - self.t) * self.net(torch.cat([z_in, z_in], 1), t).sample
+            return z_in + (1 - self.t) * run_unet(self.net, torch.cat([z_in, z_in], 1), t)
         t0 = torch.zeros((b,), device=z_in.device, dtype=z_in.dtype)
-        return z_in + self.net(z_in, t0).sample
+        return z_in + run_unet(self.net, z_in, t0)
 
     def save_pretrained(self, directory: str | Path, codec: dict, manifest: dict) -> Path:
         return save_model_folder(directory, self.state_dict(), config={"kind": "student", "arch": self.arch,

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.nets import make_unet
+from core.nets import make_unet, run_unet, to_channels_last
 
 
 class FlowTeacher(nn.Module):
@@ -26,11 +26,12 @@ class FlowTeacher(nn.Module):
                          noise_std=noise_std, t_scale=t_scale, num_steps=num_steps, sampler=sampler)
         self.channels, self.noise_std, self.t_scale = channels, noise_std, t_scale
         self.num_steps, self.sampler = num_steps, sampler
-        self.net = make_unet(2 * channels, channels, block_out_channels, layers_per_block, norm_num_groups)
+        self.net = to_channels_last(make_unet(2 * channels, channels, block_out_channels, layers_per_block,
+                                              norm_num_groups))
 
     def velocity(self, z_t: torch.Tensor, t: torch.Tensor, z_in: torch.Tensor) -> torch.Tensor:
         """z_t, z_in (B, C, h, w); t (B,) in [0, 1] -> velocity (B, C, h, w)."""
-        return self.net(torch.cat([z_t, z_in], dim=1), t * self.t_scale).sample
+        return run_unet(self.net, torch.cat([z_t, z_in], dim=1), t * self.t_scale)
 
     def forward(self, z_in: torch.Tensor, z_target: torch.Tensor):
         """Flow-matching loss and the one-step estimate of the result (for pixel-space losses)."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -36,32 +37,38 @@ class HypirError(ValueError):
     """A hypir teacher that cannot be built or loaded, with the path and the fix."""
 
 
-def _looks_local(pretrained: str) -> bool:
-    """Hub ids are 'org/name'; anything else that names the file system is a folder."""
-    return Path(pretrained).exists() or pretrained.startswith(("/", ".", "~")) or pretrained.count("/") > 1
+def _local(pretrained: str) -> Path | None:
+    """The folder `pretrained` names, or None for a hub id ('org/name')."""
+    looks_local = pretrained.startswith(("/", ".", "~")) or pretrained.count("/") > 1
+    if looks_local or Path(pretrained).exists():
+        return Path(pretrained).expanduser().resolve()
+    return None
 
 
 def _load(what: str, fn, pretrained: str, subfolder: str, **kwargs):
     """Call `fn(pretrained, subfolder=...)`, turning any failure into an error that says the fix."""
-    if _looks_local(pretrained) and not Path(pretrained).expanduser().is_dir():
-        raise HypirError(f"cannot load the {what} for the hypir teacher: folder '{pretrained}' does "
-                         f"not exist. Fix: {FIX}.")
+    folder = _local(pretrained)
+    if folder is not None and not folder.is_dir():  # fail before the hub client retries a path
+        raise HypirError(f"cannot load the {what} for the hypir teacher: folder '{pretrained}' "
+                         f"does not exist. Fix: {FIX}.")
     try:
-        return fn(str(Path(pretrained).expanduser()) if _looks_local(pretrained) else pretrained,
-                  subfolder=subfolder, **kwargs)
+        return fn(str(folder or pretrained), subfolder=subfolder, **kwargs)
     except Exception as exc:  # hub, file and config errors come in many types
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise HypirError(f"cannot load the {what} from '{pretrained}' (subfolder '{subfolder}'): "
-                         f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}. "
-                         f"Fix: {FIX}.") from exc
+                         f"{reason}. Fix: {FIX}.") from exc
 
 
 def load_scheduler_terms(pretrained: str) -> tuple[list[float], str]:
-    """(alphas_cumprod as 1000 floats, prediction_type) from `scheduler/`, else SD 2.1's defaults."""
+    """(alphas_cumprod, 1000 floats; prediction_type) from `scheduler/`, else SD 2.1's."""
     from diffusers import DDPMScheduler
 
     try:
-        sched = DDPMScheduler.from_pretrained(pretrained, subfolder="scheduler")
-    except Exception:  # no scheduler/ (e.g. a bare UNet folder): SD 2.1-base's schedule
+        where = str(_local(pretrained) or pretrained)
+        sched = DDPMScheduler.from_pretrained(where, subfolder="scheduler")
+    except (OSError, ValueError):  # no scheduler/ (e.g. a bare UNet folder): SD 2.1-base's
+        warnings.warn(f"no scheduler/ in '{pretrained}': using SD 2.1-base's (scaled_linear "
+                      "0.00085..0.012, epsilon prediction)", stacklevel=2)
         sched = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
                               num_train_timesteps=1000)
     return sched.alphas_cumprod.double().tolist(), sched.config.get("prediction_type", "epsilon")
@@ -83,7 +90,8 @@ def encode_prompt(pretrained: str, prompt: str = "") -> torch.Tensor:
 
 
 def read_lora_file(path: str | Path) -> dict[str, torch.Tensor]:
-    """LoRA tensors from a .safetensors file, or a .pt/.pth (HYPIR's release) read without pickle code."""
+    """LoRA tensors from a .safetensors file, or a .pt/.pth (HYPIR's release) read with
+    `weights_only` (no pickled code runs)."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise HypirError(f"teacher.hypir.lora_weights: file '{path}' not found. Fix: give the path "
@@ -98,12 +106,12 @@ def read_lora_file(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def normalise_lora_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """peft names without the adapter: 'unet.x.to_q.lora_A.default.weight' -> 'x.to_q.lora_A.weight'."""
+    """peft names without the adapter name: 'unet.x.lora_A.default.weight' -> 'x.lora_A.weight'."""
     out = {}
     for key, value in state.items():
         for prefix in ("module.", "unet.", "base_model.model."):
-            key = key[len(prefix):] if key.startswith(prefix) else key
-        out[re.sub(r"\.(lora_[AB]|lora_magnitude_vector)\.[^.]+\.(weight|bias)$", r".\1.\2", key)] = value
+            key = key.removeprefix(prefix)
+        out[re.sub(r"\.(lora_[AB])\.[^.]+\.(weight|bias)$", r".\1.\2", key)] = value
     return out
 
 
@@ -121,23 +129,26 @@ class HypirTeacher(nn.Module):
         self.channels, self.num_steps = arch["channels"], arch["num_steps"]
         self.model_t, self.coeff_t = arch["model_t"], arch["coeff_t"]
         if prediction_type not in ("epsilon", "v_prediction", "sample"):
-            raise HypirError(f"scheduler prediction_type={prediction_type!r} in '{arch['pretrained']}' "
-                             "is not supported (epsilon, v_prediction or sample)")
+            raise HypirError(f"scheduler prediction_type={prediction_type!r} in "
+                             f"'{arch['pretrained']}' is not supported (epsilon, v_prediction, "
+                             "sample)")
         for name in ("model_t", "coeff_t"):
             if not 0 <= arch[name] < len(alphas_cumprod):
-                raise HypirError(f"teacher.hypir.{name}={arch[name]}: must be in [0, {len(alphas_cumprod)})")
+                raise HypirError(f"teacher.hypir.{name}={arch[name]}: must be in "
+                                 f"[0, {len(alphas_cumprod)})")
         self.alphas_cumprod, self.prediction_type = alphas_cumprod, prediction_type
         self.base_dtype = DTYPES[arch.get("base_dtype", "fp32")]
         if next(unet.parameters()).dtype != self.base_dtype:
             unet = unet.to(self.base_dtype)
         self.unet = unet.requires_grad_(False)
+        # "gaussian" (as HYPIR): lora_A random, lora_B = 0, so training starts from the base UNet
+        lora = LoraConfig(r=arch["lora_rank"], lora_alpha=arch["lora_alpha"],
+                          target_modules=list(arch["lora_targets"]), init_lora_weights="gaussian")
         try:
-            self.unet.add_adapter(LoraConfig(r=arch["lora_rank"], lora_alpha=arch["lora_alpha"],
-                                             target_modules=list(arch["lora_targets"]),
-                                             init_lora_weights="gaussian"))  # lora_B = 0: starts as the base
+            self.unet.add_adapter(lora)  # peft matches names by suffix; absent names are skipped
         except ValueError as exc:
-            raise HypirError(f"teacher.hypir.lora_targets={arch['lora_targets']}: {exc}. Fix: name "
-                             "modules of the UNet (e.g. to_q to_k to_v to_out.0 conv1 conv2)") from exc
+            raise HypirError(f"teacher.hypir.lora_targets={arch['lora_targets']}: {exc}. Fix: "
+                             "name modules of the UNet (to_q to_v conv1 ...)") from exc
         for p in self.trainable_parameters():
             p.data = p.data.float()  # LoRA trains in fp32 whatever the base runs in
         self.register_buffer(PROMPT_KEY, prompt_embeds, persistent=False)
@@ -148,18 +159,18 @@ class HypirTeacher(nn.Module):
     def from_config(cls, hcfg, num_steps: int, channels: int) -> HypirTeacher:
         """Load SD's UNet (hub id or folder `hcfg.pretrained`), encode the prompt once, add LoRA;
         start from `hcfg.lora_weights` when set. `channels`: the codec's latent channels."""
-        pretrained = hcfg.pretrained
-        if _looks_local(pretrained) and Path(pretrained).expanduser().is_dir():
-            pretrained = str(Path(pretrained).expanduser().resolve())  # arch must work from any folder
-        arch = dict(pretrained=pretrained, unet_subfolder=hcfg.unet_subfolder, lora_rank=hcfg.lora_rank,
-                    lora_alpha=hcfg.lora_alpha, lora_targets=list(hcfg.lora_targets),
-                    model_t=hcfg.model_t, coeff_t=hcfg.coeff_t, num_steps=num_steps, prompt=hcfg.prompt,
-                    channels=channels, base_dtype=getattr(hcfg, "base_dtype", "fp32"))
+        folder = _local(hcfg.pretrained)  # absolute, so that arch works from any folder
+        pretrained = str(folder) if folder is not None and folder.is_dir() else hcfg.pretrained
+        arch = {"pretrained": pretrained, "unet_subfolder": hcfg.unet_subfolder,
+                "lora_rank": hcfg.lora_rank, "lora_alpha": hcfg.lora_alpha,
+                "lora_targets": list(hcfg.lora_targets), "model_t": hcfg.model_t,
+                "coeff_t": hcfg.coeff_t, "num_steps": num_steps, "prompt": hcfg.prompt,
+                "channels": channels, "base_dtype": getattr(hcfg, "base_dtype", "fp32")}
         teacher = cls.from_arch(arch)  # checks the folder and the channels before the text encoder
         teacher.prompt_embeds = encode_prompt(pretrained, hcfg.prompt)
         if hcfg.lora_weights:
-            teacher.load_trainable_state_dict(read_lora_file(hcfg.lora_weights),
-                                              source=f"teacher.hypir.lora_weights '{hcfg.lora_weights}'")
+            source = f"teacher.hypir.lora_weights '{hcfg.lora_weights}'"
+            teacher.load_trainable_state_dict(read_lora_file(hcfg.lora_weights), source=source)
         return teacher
 
     @classmethod
@@ -169,12 +180,14 @@ class HypirTeacher(nn.Module):
         from diffusers import UNet2DConditionModel
 
         if arch.get("base_dtype", "fp32") not in DTYPES:
-            raise HypirError(f"teacher.hypir.base_dtype={arch['base_dtype']!r}: use fp32, fp16 or bf16")
+            raise HypirError(f"teacher.hypir.base_dtype={arch['base_dtype']!r}: "
+                             "use fp32, fp16 or bf16")
         pretrained, sub = arch["pretrained"], arch["unet_subfolder"]
         config = _load("UNet config", UNet2DConditionModel.load_config, pretrained, sub)
-        if config["in_channels"] != arch["channels"]:
-            raise HypirError(f"the hypir teacher needs a codec whose latents have {config['in_channels']} "
-                             f"channels (codec.kind: sd-vae); the configured codec gives {arch['channels']}")
+        need, have = config["in_channels"], arch["channels"]
+        if need != have:
+            raise HypirError(f"the hypir teacher needs a codec whose latents have {need} channels "
+                             f"(codec.kind: sd-vae); the configured codec gives {have}")
         unet = _load("UNet", UNet2DConditionModel.from_pretrained, pretrained, sub,
                      torch_dtype=DTYPES[arch.get("base_dtype", "fp32")])
         return cls(unet, *load_scheduler_terms(pretrained), arch, prompt_embeds)
@@ -183,14 +196,15 @@ class HypirTeacher(nn.Module):
 
     def _embeds(self, batch: int) -> torch.Tensor:
         if self.prompt_embeds is None:  # built by from_arch and never loaded: encode once now
-            self.prompt_embeds = encode_prompt(self.arch["pretrained"], self.arch["prompt"]).to(
-                next(self.unet.parameters()).device)
+            embeds = encode_prompt(self.arch["pretrained"], self.arch["prompt"])
+            self.prompt_embeds = embeds.to(next(self.unet.parameters()).device)
         return self.prompt_embeds.to(self.base_dtype).expand(batch, -1, -1)
 
-    def predict(self, x: torch.Tensor, model_t: int, coeff_t: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def predict(self, x: torch.Tensor, model_t: int, coeff_t: int):
         """x (B, C, h, w) -> (z0, eps), float32: the UNet at `model_t`, converted at `coeff_t`."""
         t = torch.full((x.shape[0],), model_t, device=x.device, dtype=torch.long)
-        out = self.unet(x.to(self.base_dtype), t, encoder_hidden_states=self._embeds(x.shape[0])).sample.float()
+        emb = self._embeds(x.shape[0])
+        out = self.unet(x.to(self.base_dtype), t, encoder_hidden_states=emb).sample.float()
         a, s = math.sqrt(self.alphas_cumprod[coeff_t]), math.sqrt(1 - self.alphas_cumprod[coeff_t])
         x = x.float()
         if self.prediction_type == "v_prediction":  # v = a eps - s x0
@@ -212,7 +226,8 @@ class HypirTeacher(nn.Module):
         return F.mse_loss(z_hat, z_target.float()), z_hat  # || z_hat - z_target ||^2
 
     @torch.no_grad()
-    def sample(self, z_in: torch.Tensor, num_steps: int | None = None, sampler: str | None = None) -> torch.Tensor:
+    def sample(self, z_in: torch.Tensor, num_steps: int | None = None,
+               sampler: str | None = None) -> torch.Tensor:
         """Deterministic K-step result (B, C, h, w) float32 from the input latents z_in."""
         if sampler not in (None, "ddim", "euler"):
             raise HypirError(f"sampler={sampler!r}: the hypir teacher samples with its DDIM walk "
@@ -221,7 +236,7 @@ class HypirTeacher(nn.Module):
         z0, eps = self.predict(z_in, steps[0], self.coeff_t)
         for t in steps[1:]:  # re-noise with the predicted eps to t, predict again
             a = self.alphas_cumprod[t]
-            z0, eps = self.predict(math.sqrt(a) * z0 + math.sqrt(1 - a) * eps, t, self.coeff_t)
+            z0, eps = self.predict(math.sqrt(a) * z0 + math.sqrt(1 - a) * eps, t, t)
         return z0
 
     def function_evals(self, num_steps: int | None = None) -> int:
@@ -240,7 +255,8 @@ class HypirTeacher(nn.Module):
         state[PROMPT_KEY] = self._embeds(1)[:1].float()
         return state
 
-    def load_trainable_state_dict(self, state: dict[str, torch.Tensor], source: str = "the saved teacher") -> None:
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor],
+                                  source: str = "the saved teacher") -> None:
         """Load every LoRA tensor (peft names with or without adapter name) and, if present,
         the prompt embedding; any missing, unexpected or misshapen key is an error."""
         from peft import get_peft_model_state_dict, set_peft_model_state_dict
@@ -250,17 +266,18 @@ class HypirTeacher(nn.Module):
         lora = normalise_lora_keys(state)
         expected = {k: v.shape for k, v in get_peft_model_state_dict(self.unet).items()}
         missing, unexpected = sorted(set(expected) - set(lora)), sorted(set(lora) - set(expected))
-        wrong = [f"{k} {tuple(lora[k].shape)} vs {tuple(expected[k])}" for k in sorted(set(lora) & set(expected))
-                 if lora[k].shape != expected[k]]
+        wrong = [f"{k} {tuple(lora[k].shape)} vs {tuple(expected[k])}"
+                 for k in sorted(set(lora) & set(expected)) if lora[k].shape != expected[k]]
         if missing or unexpected or wrong:
             def show(keys):
                 return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
             raise HypirError(
-                f"{source} does not match this teacher's LoRA (rank {self.arch['lora_rank']}, targets "
-                f"{' '.join(self.arch['lora_targets'])}): {len(unexpected)} unmatched keys [{show(unexpected)}]; "
-                f"{len(missing)} missing [{show(missing)}]; {len(wrong)} wrong shapes [{show(wrong)}]. "
-                "Fix: set teacher.hypir.lora_rank and lora_targets to those the weights were trained "
-                "with; keys must be peft-style '...lora_A.weight' (adapter name optional).")
+                f"{source} does not match this teacher's LoRA (rank {self.arch['lora_rank']}, "
+                f"targets {' '.join(self.arch['lora_targets'])}): {len(unexpected)} unmatched keys "
+                f"[{show(unexpected)}]; {len(missing)} missing [{show(missing)}]; {len(wrong)} "
+                f"wrong shapes [{show(wrong)}]. "
+                "Fix: set teacher.hypir.lora_rank and lora_targets to those the weights were "
+                "trained with; keys must be peft-style '...lora_A.weight' (adapter name optional).")
         result = set_peft_model_state_dict(self.unet, lora)
         if getattr(result, "unexpected_keys", None):
             raise HypirError(f"{source}: peft did not place {result.unexpected_keys[:5]}")

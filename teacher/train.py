@@ -28,7 +28,7 @@ from teacher.models import build_teacher, save_teacher  # noqa: E402
 
 
 def main(argv=None) -> dict:
-    args = stage_parser("Stage one: train the teacher.").parse_args(argv)
+    args = stage_parser("Stage one: train the teacher.").parse_intermixed_args(argv)
     cfg = load_stage_config(args)
     out_dir = Path(args.output_dir) if args.output_dir else cfg.run_dir("teacher")
     total_steps = args.max_train_steps or cfg.teacher.train_steps
@@ -82,7 +82,8 @@ def main(argv=None) -> dict:
             "step": result["step"], "train_seconds": result["train_seconds"],
             "wall_seconds": time.time() - wall_start, "metrics": metrics, "num_steps": teacher.num_steps,
             "function_evals": teacher.function_evals(), "train_pairs": len(dataset),
-            "working_long_side": cfg.data.val_long_side})
+            "working_long_side": cfg.data.val_long_side,
+            "size_multiple": cfg.data.size_multiple})
         print(f"teacher ({teacher.kind}, K={teacher.num_steps}) on validation: PSNR {metrics.get('psnr', 0):.2f} dB"
               f" vs identity {metrics.get('identity_psnr', 0):.2f} dB"
               f" (+{metrics.get('psnr', 0) - metrics.get('identity_psnr', 0):.2f} dB);"

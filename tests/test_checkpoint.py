@@ -1,12 +1,12 @@
 """Model folders: safetensors + config + manifest, atomic, loadable in one call."""
 
 import json
+import pickle
 
 import pytest
 import torch
 
-from core.checkpoint import (CheckpointError, load_model_folder, load_torch_file, resolve_model_dir,
-                             save_model_folder)
+from core.checkpoint import CheckpointError, load_model_folder, load_torch_file, resolve_model_dir, save_model_folder
 
 
 def test_model_folder_round_trip(tmp_path):
@@ -47,7 +47,7 @@ def test_pt_files_are_never_unpickled(tmp_path):
             return (print, ("executed",))
 
     torch.save({"x": Evil()}, tmp_path / "evil.pt")
-    with pytest.raises(Exception):
+    with pytest.raises(pickle.UnpicklingError):
         load_torch_file(tmp_path / "evil.pt")
     torch.save({"x": torch.ones(2)}, tmp_path / "ok.pt")
     assert torch.equal(load_torch_file(tmp_path / "ok.pt")["x"], torch.ones(2))

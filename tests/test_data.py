@@ -276,3 +276,18 @@ def test_real_fivek_pairs_are_clean():
     assert len(report.pairs) == len(list((FIVEK / "input").iterdir()))
     result = run_cli(FIVEK)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_split_links_pairs_without_copying(tmp_path):
+    from core.data import split_folder
+
+    src = tmp_path / "pairs"
+    for side in ("input", "target"):
+        (src / side).mkdir(parents=True)
+        for i in range(5):
+            Image.fromarray(np.full((8, 8, 3), i * 20, np.uint8)).save(src / side / f"p{i}.png")
+    names = split_folder(src, tmp_path / "out", val=2)
+    assert names == {"train": ["p0", "p1", "p2"], "val": ["p3", "p4"]}
+    linked = tmp_path / "out" / "val" / "target" / "p4.png"
+    assert linked.is_symlink() and linked.resolve() == (src / "target" / "p4.png").resolve()
+    assert check_pairs(tmp_path / "out" / "train").ok

