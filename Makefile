@@ -6,9 +6,10 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 CONFIG ?= configs/demo.yaml
 LAUNCH := $(BIN)/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no
+TINY_STUDENT := distill.output_name=student_tiny student.block_out_channels=[16,32,32] student.norm_num_groups=8
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install demo data teacher distill eval test lint clean
+.PHONY: install demo data teacher distill lut eval bench fivek test lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,12 +28,28 @@ teacher: $(STAMP)
 distill: $(STAMP)
 	$(LAUNCH) distill/run.py --config $(CONFIG)
 
+lut: $(STAMP)
+	$(LAUNCH) student/train_lut.py --config $(CONFIG)
+
 eval: $(STAMP)
 	$(LAUNCH) eval/run.py --config $(CONFIG)
 
+bench: $(STAMP)
+	$(BIN)/python -m eval.bench --config $(CONFIG)
+	$(BIN)/python -m eval.bench_transfer
+
+fivek: $(STAMP)
+	$(BIN)/python -m core.data split ../shared/data/fivek-expert-c data/fivek --val 4
+	$(LAUNCH) teacher/train.py --config configs/fivek_sample.yaml --resume_from_checkpoint latest
+	$(LAUNCH) distill/run.py --config configs/fivek_sample.yaml --resume_from_checkpoint latest
+	$(LAUNCH) eval/run.py --config configs/fivek_sample.yaml
+
+# every stage resumes from its last checkpoint, so an interrupted `make demo` picks up where it stopped
 demo: $(STAMP)
 	$(LAUNCH) teacher/train.py --config $(CONFIG) --resume_from_checkpoint latest
 	$(LAUNCH) distill/run.py --config $(CONFIG) --resume_from_checkpoint latest
+	$(LAUNCH) distill/run.py --config $(CONFIG) --resume_from_checkpoint latest $(TINY_STUDENT)
+	$(LAUNCH) student/train_lut.py --config $(CONFIG) --resume_from_checkpoint latest
 	$(LAUNCH) eval/run.py --config $(CONFIG)
 
 test: $(STAMP)

@@ -125,6 +125,7 @@ class DiscriminatorConfig:
 
 @dataclass
 class DistillConfig:
+    output_name: str = "student"  # run folder: {output_root}/{name}/{output_name}
     train_steps: int = 600
     learning_rate: float = 5e-4
     disc_learning_rate: float = 2e-4
@@ -141,6 +142,8 @@ class DistillConfig:
 
 @dataclass
 class EvalConfig:
+    students: list[str] = field(default_factory=lambda: ["student"])  # student run folders to compare
+    baselines: list[str] = field(default_factory=lambda: ["lut"])  # learned baseline run folders, if trained
     teacher_steps: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
     resolutions: list[str] = field(default_factory=lambda: ["512", "1024", "native"])
     batch_sizes: list[int] = field(default_factory=lambda: [1, 4])
@@ -186,8 +189,8 @@ class LUTConfig:
     num_basis: int = 3
     size: int = 33  # entries per colour axis
     cnn_size: int = 256  # the weight-predicting CNN sees the photo resized to cnn_size x cnn_size
-    train_steps: int = 1500
-    learning_rate: float = 1e-3
+    train_steps: int = 1000  # about 2 minutes on a 2-core CPU with the demo config
+    learning_rate: float = 5e-3
     lambda_tv: float = 1e-4  # smoothness of the LUT (the paper's lambda_s)
     lambda_mono: float = 10.0  # monotonicity of the LUT (the paper's lambda_m)
 

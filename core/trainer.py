@@ -312,7 +312,7 @@ def train(accelerator, tc: TrainConfig, *, phases: list[Phase], dataset, total_s
                 accelerator.log(logs, step=state.step)
             main_loss = next((v for k, v in logs.items() if k.startswith("loss")), float("nan"))
             progress.update(task, completed=state.step, info=f"loss {main_loss:.4g}")
-            if tc.checkpointing_steps > 0 and state.step % tc.checkpointing_steps == 0:
+            if tc.checkpointing_steps > 0 and (state.step % tc.checkpointing_steps == 0 or state.step == total_steps):
                 save_checkpoint(accelerator, output_dir, state.step, tc.checkpoints_total_limit)
             if tc.validation_steps > 0 and state.step % tc.validation_steps == 0 and state.step < total_steps:
                 log_validation()

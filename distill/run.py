@@ -61,7 +61,7 @@ def main(argv=None) -> dict:
     args = parser.parse_intermixed_args(argv)
     cfg = load_stage_config(args)
     d = cfg.distill
-    out_dir = Path(args.output_dir) if args.output_dir else cfg.run_dir("student")
+    out_dir = Path(args.output_dir) if args.output_dir else cfg.run_dir(d.output_name)
     total_steps = args.max_train_steps or d.train_steps
     accelerator = make_accelerator(cfg.train, out_dir, cfg.experiment.seed)
     write_run_config(cfg, out_dir, accelerator)

@@ -35,26 +35,46 @@ from student import Student  # noqa: E402
 from teacher import load_teacher  # noqa: E402
 
 
-def load_models(cfg, device) -> tuple[list[dict], dict, dict]:
-    """Rows to evaluate: {"name", "kind", "predict", "function_evals", "manifest"}; plus the codec config."""
+def load_models(cfg, device) -> tuple[list[dict], dict]:
+    """Rows to evaluate: {"name", "kind", "make_pipe", "function_evals", "manifest"}, and the codec.
+
+    `make_pipe(long_side)` returns a pipeline (EditPipeline or the LUT's) taking a photo of any
+    size to the edited photo of the same size.
+    """
     teacher, codec_cfg, t_manifest = load_teacher(cfg.run_dir("teacher"))
     teacher = teacher.to(device)
-    rows = [{"name": "identity", "kind": "baseline", "predict": None, "function_evals": 0, "manifest": {}}]
-    for k in sorted(set(cfg.eval.teacher_steps)):
+    codec = build_codec(CodecConfig(**codec_cfg)).to(device)
+    e, d = cfg.eval, cfg.data
+
+    def latent_pipe(predict):
+        return lambda long_side: EditPipeline(predict, codec, long_side, e.transfer, e.transfer_grid, device,
+                                              d.size_multiple)
+
+    rows = [{"name": "identity", "kind": "baseline", "make_pipe": latent_pipe(None), "function_evals": 0,
+             "manifest": {}, "has_model": False}]
+    for k in sorted(set(e.teacher_steps)):
         rows.append({"name": f"teacher K={k}", "kind": "teacher", "num_steps": k, "function_evals":
                      teacher.function_evals(k), "manifest": t_manifest,
-                     "predict": (lambda z, k=k: teacher.sample(z, num_steps=k))})
-    student_dir = cfg.run_dir("student")
-    try:
-        student, s_codec, s_manifest = Student.from_pretrained(student_dir)
-        student = student.to(device)
+                     "make_pipe": latent_pipe(lambda z, k=k: teacher.sample(z, num_steps=k))})
+    for name in e.students:
+        try:
+            student, s_codec, s_manifest = Student.from_pretrained(cfg.run_dir(name))
+        except CheckpointError as exc:
+            print(f"warning: student '{name}' not evaluated: {exc}")
+            continue
         if s_codec != codec_cfg:
-            raise CheckpointError(f"{student_dir} was distilled in another latent space than {cfg.run_dir('teacher')}")
-        rows.append({"name": "student", "kind": "student", "function_evals": 1, "manifest": s_manifest,
-                     "predict": torch.no_grad()(student)})
-    except CheckpointError as exc:
-        print(f"warning: no student evaluated: {exc}")
-    return rows, codec_cfg, {"teacher": t_manifest}
+            print(f"warning: {cfg.run_dir(name)} works in another latent space than the teacher; skipped")
+            continue
+        student = student.to(device)
+        rows.append({"name": name, "kind": "student", "function_evals": 1, "manifest": s_manifest,
+                     "width": student.arch["block_out_channels"], "make_pipe": latent_pipe(torch.no_grad()(student))})
+    for name in e.baselines:
+        if name == "lut" and (cfg.run_dir(name) / "model").is_dir():
+            from student.lut import load_lut_pipeline
+
+            make, manifest = load_lut_pipeline(cfg.run_dir(name), device)
+            rows.append({"name": "3D LUT", "kind": "lut", "function_evals": 1, "manifest": manifest, "make_pipe": make})
+    return rows, codec
 
 
 def square_input(rgb: np.ndarray, size: int) -> np.ndarray:
@@ -63,7 +83,7 @@ def square_input(rgb: np.ndarray, size: int) -> np.ndarray:
     return resize(rgb, (size, size))
 
 
-def measure_row(row, codec, cfg, photo: np.ndarray, device) -> dict:
+def measure_row(row, cfg, photo: np.ndarray, device) -> dict:
     """Latency of the whole path (codec + model + transfer) per resolution, with its parts apart."""
     e = cfg.eval
     out = {}
@@ -72,8 +92,7 @@ def measure_row(row, codec, cfg, photo: np.ndarray, device) -> dict:
             img, long_side = photo, cfg.data.val_long_side  # the submission's path: model at its working size
         else:
             img, long_side = square_input(photo, int(res)), int(res)
-        pipe = EditPipeline(row["predict"], codec, long_side, e.transfer, e.transfer_grid, device,
-                            cfg.data.size_multiple)
+        pipe = row["make_pipe"](long_side)
         reset_peak_memory(device)
         parts = []
 
@@ -89,7 +108,7 @@ def measure_row(row, codec, cfg, photo: np.ndarray, device) -> dict:
         lo = pipe.working_copy(img)
         entry["working_size"] = f"{lo.shape[1]}x{lo.shape[0]}"
         # best batch at the working size (model path only: the transfer is per photo)
-        if row["predict"] is not None and res != "native":
+        if row.get("has_model", True) and res != "native":
             best = None
             for b in e.batch_sizes:
                 x = torch.from_numpy(np.ascontiguousarray(lo)).permute(2, 0, 1)[None].repeat(b, 1, 1, 1).float()
@@ -118,8 +137,7 @@ def main(argv=None) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     t_start = time.time()
 
-    rows, codec_cfg, _ = load_models(cfg, device)
-    codec = build_codec(CodecConfig(**codec_cfg)).to(device)
+    rows, _ = load_models(cfg, device)
     d = cfg.data
     val = PairSource.open(d.val, split=d.val_split, input_column=d.input_column,
                           target_column=d.target_column, max_pixels=d.max_pixels)
@@ -133,8 +151,7 @@ def main(argv=None) -> dict:
     names = val.names[:n]
     images_dir = out_dir / "images"
     for row in rows:
-        pipe = EditPipeline(row["predict"], codec, d.val_long_side, cfg.eval.transfer, cfg.eval.transfer_grid,
-                            device, d.size_multiple)
+        pipe = row["make_pipe"](d.val_long_side)
         per_image = []
         slug = row["name"].replace(" ", "_").replace("=", "")
         for i in track(range(n), description=f"quality: {row['name']}"):
@@ -151,13 +168,13 @@ def main(argv=None) -> dict:
     # throughput
     for row in rows:
         print(f"throughput: {row['name']}")
-        row["throughput"] = measure_row(row, codec, cfg, pairs[0][0], device)
+        row["throughput"] = measure_row(row, cfg, pairs[0][0], device)
 
     selection = score_rows(rows, cfg.eval)
     report = {
         "config": cfg.to_dict(), "device": device_name(device), "num_images": n, "image_names": names,
         "lpips": {"available": lpips_metric.available, "reason": lpips_metric.reason},
-        "rows": [{k: v for k, v in r.items() if k != "predict"} for r in rows],
+        "rows": [{k: v for k, v in r.items() if k != "make_pipe"} for r in rows],
         "selection": selection, "eval_seconds": time.time() - t_start,
     }
     atomic_write_json(out_dir / "selection.json", selection)

@@ -1,6 +1,6 @@
 """Inference fast paths for the student: each optional, each measured beside eager by eval/bench.py.
 
-    fn = make_fast(student, device, "bf16")   # eager | bf16 | fp16 | compile | cudagraphs | onnx
+    fn = make_fast(student, device, "bf16")   # eager | bf16 | fp16 | compile | compile-bf16 | cudagraphs | onnx
     z_out = fn(z_in)                          # z_in (B, C, h, w) float32 on device -> z_out, float32, no grad
     for name, fn in fast_variants(student, device): ...   # every path this device can run
 
@@ -11,7 +11,8 @@ Accuracy against the fp32 eager student, latents in [-1, 1] (tests/test_fast.py 
   (fp32 + bf16 promotes), so the error scales with the edit G, not with z_in.
 - fp16 (CUDA): 11 significant bits, at least as close as bf16; z_in itself is rounded to fp16
   (<= 4.9e-4 on [-1, 1], a sixteenth of an 8-bit step).
-- torch.compile, CUDA graphs: fp32, same maths, differences from fusion order only (<= 1e-4).
+- torch.compile, CUDA graphs: fp32, same maths, differences from fusion order only (<= 1e-4);
+  compile-bf16 (torch.compile under bf16 autocast) as bf16.
 - onnxruntime: fp32, `student.export.ONNX_ATOL` (1e-3; see there why).
 """
 
@@ -26,7 +27,7 @@ from typing import Callable
 
 import torch
 
-MODES = ("eager", "bf16", "fp16", "compile", "cudagraphs", "onnx")
+MODES = ("eager", "bf16", "fp16", "compile", "compile-bf16", "cudagraphs", "onnx")
 BF16_RTOL = 3e-2  # of max |G|: 2.5x the measured error; with |G| <= 1, about 4 8-bit steps (2 / 255)
 COMPILE_ATOL = 1e-4
 NCHW_MAX_PARAMS = 100_000_000  # the NCHW reference copy doubles the weights' memory: small students only
@@ -59,21 +60,25 @@ def _fp16(model: torch.nn.Module) -> Predict:
 
 
 class _Compiled:
-    """torch.compile(model); compiles on the first call per shape. If compiling fails (no C++
+    """torch.compile(model), optionally under bf16 autocast (inductor then fuses the casts with
+    the norms and activations); compiles on the first call per shape. If compiling fails (no C++
     compiler, no Triton), says why once and runs eager: a benchmark row must never crash."""
 
-    def __init__(self, model: torch.nn.Module, mode: str | None):
+    def __init__(self, model: torch.nn.Module, device: torch.device, mode: str | None, bf16: bool = False):
         self.model, self.compiled, self.failed = model, torch.compile(model, mode=mode), False
+        self.device_type, self.bf16 = device.type, bf16
 
     @torch.no_grad()
     def __call__(self, z_in: torch.Tensor) -> torch.Tensor:
-        if not self.failed:
-            try:
-                return self.compiled(z_in).float()
-            except Exception as exc:  # inductor raises many types; eager is always a correct answer
-                self.failed = True
-                print(f"student.fast: torch.compile failed ({type(exc).__name__}: {str(exc)[:200]}); running eager")
-        return self.model(z_in).float()
+        with torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.bf16):
+            if not self.failed:
+                try:
+                    return self.compiled(z_in).float()
+                except Exception as exc:  # inductor raises many types; eager is always a correct answer
+                    self.failed = True
+                    print(f"student.fast: torch.compile failed ({type(exc).__name__}: {str(exc)[:200]}); "
+                          "running eager")
+            return self.model(z_in).float()
 
 
 class _CudaGraphs:
@@ -145,7 +150,7 @@ def make_fast(student: torch.nn.Module, device: torch.device | str, mode: str = 
               compile_mode: str | None = None, max_graphs: int = 8, providers: list[str] | None = None) -> Predict:
     """A callable z_in (B, C, h, w) float32 on `device` -> z_out (B, C, h, w) float32, no grad.
 
-    mode: eager | bf16 | fp16 (CUDA) | compile | cudagraphs (CUDA) | onnx. The student is moved
+    mode: eager | bf16 | fp16 (CUDA) | compile | compile-bf16 | cudagraphs (CUDA) | onnx. The student is moved
     to `device` and put in eval mode. compile_mode: torch.compile's mode (default
     "max-autotune-no-cudagraphs" on CUDA, torch's default on CPU). max_graphs: input shapes kept
     captured by cudagraphs. providers: onnxruntime execution providers (default: the device's).
@@ -156,7 +161,7 @@ def make_fast(student: torch.nn.Module, device: torch.device | str, mode: str = 
         raise ValueError(f"student.fast: unknown mode {mode!r}; use one of {', '.join(MODES)}")
     if mode in ("fp16", "cudagraphs") and device.type != "cuda":
         raise ValueError(f"student.fast: mode {mode!r} needs a CUDA device, got {device}; on CPU use "
-                         f"eager, bf16, compile or onnx")
+                         "eager, bf16, compile, compile-bf16 or onnx")
     student = student.to(device).eval()
     if mode == "eager":
         return _eager(student)
@@ -164,9 +169,9 @@ def make_fast(student: torch.nn.Module, device: torch.device | str, mode: str = 
         return _bf16(student, device)
     if mode == "fp16":
         return _fp16(student)
-    if mode == "compile":
+    if mode in ("compile", "compile-bf16"):
         default = "max-autotune-no-cudagraphs" if device.type == "cuda" else None
-        return _Compiled(student, compile_mode or default)
+        return _Compiled(student, device, compile_mode or default, bf16=mode == "compile-bf16")
     if mode == "cudagraphs":
         return _CudaGraphs(student, max_graphs)
     return _onnx(student, device, providers)[0]
@@ -181,7 +186,8 @@ def compile_available(device_type: str) -> str | None:
         with torch.no_grad():
             torch.compile(probe)(torch.randn(1, 4, 8, 8, device=device_type))
     except Exception as exc:  # no C++ compiler, no Triton, an unsupported platform
-        return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}"
+        lines = str(exc).strip().splitlines()
+        return f"{type(exc).__name__}: {lines[0][:200] if lines else ''}"
     return None
 
 
@@ -200,6 +206,7 @@ def fast_variants(student: torch.nn.Module, device: torch.device | str) -> list[
     reason = compile_available(device.type)
     if reason is None:
         rows.append(("torch.compile", make_fast(student, device, "compile")))
+        rows.append(("torch.compile + bf16", make_fast(student, device, "compile-bf16")))
     else:
         print(f"student.fast: skipping torch.compile: {reason}")
     if cuda:

@@ -107,3 +107,63 @@ def test_cli_scripts_run_as_files(trained):
     res = subprocess.run([sys.executable, str(REPO / "teacher" / "train.py"), "--help"], capture_output=True,
                          text=True, cwd="/")
     assert res.returncode == 0 and "--resume_from_checkpoint" in res.stdout
+
+
+def test_distill_with_an_openclip_discriminator(trained, tmp_path):
+    """The ADD/HYPIR-style option: a frozen OpenCLIP tower (tiny, random here) with trainable heads."""
+    import open_clip
+
+    from distill.run import main as distill
+
+    cfg = {"embed_dim": 32, "vision_cfg": {"timm_model_name": "convnext_atto", "timm_model_pretrained": False,
+                                           "timm_pool": "", "timm_proj": "linear", "image_size": 32},
+           "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 2, "layers": 1}}
+    (tmp_path / "cfgs").mkdir()
+    (tmp_path / "cfgs" / "e2e-tiny-convnext.json").write_text(json.dumps(cfg))
+    open_clip.add_model_config(tmp_path / "cfgs")
+    data, root = trained
+    with pytest.warns(UserWarning, match="RANDOM"):
+        metrics = distill(["--config", CONFIG, *tiny_overrides(data, root), "--output_dir", str(tmp_path / "s"),
+                           "distill.discriminator.kind=openclip", "distill.discriminator.openclip_model="
+                           "e2e-tiny-convnext", "distill.discriminator.openclip_image_size=32",
+                           "distill.adv_warmup_steps=0", "distill.lambda_adv=0.5"])
+    assert metrics["psnr"] > 0
+    logs = (tmp_path / "s" / "checkpoint-6").iterdir()
+    assert "model_1.safetensors" in {p.name for p in logs}
+
+
+def test_hypir_teacher_trains_saves_resumes_and_reloads(tiny_data, tmp_path):
+    """The tiny SD-layout UNet with LoRA through teacher/train.py: LoRA-only checkpoints, exact reload."""
+    from diffusers import AutoencoderKL
+    from safetensors.torch import load_file
+
+    from teacher import load_teacher
+    from teacher.train import main as train_teacher
+    from tests.hypir_fixtures import tiny_sd_folder
+
+    sd = tiny_sd_folder(tmp_path / "sd")
+    AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16),
+                  down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                  layers_per_block=1, norm_num_groups=4, sample_size=32).save_pretrained(sd / "vae")
+    args = ["--config", CONFIG, *tiny_overrides(tiny_data, tmp_path), "teacher.kind=hypir",
+            f"teacher.hypir.pretrained={sd}", "teacher.hypir.lora_rank=4", "teacher.hypir.lora_alpha=4",
+            "teacher.num_steps=1", "codec.kind=sd-vae", f"codec.pretrained={sd}", "codec.subfolder=vae",
+            "train.ema_decay=0"]
+    train_teacher(args)
+    run = tmp_path / "demo" / "teacher"
+    saved = load_file(run / "checkpoint-6" / "model.safetensors")
+    assert saved and all("lora" in k for k in saved)  # the frozen 865M-parameter base is never copied
+    assert (run / "model" / "pytorch_lora_weights.safetensors").is_file()
+    teacher, codec, _ = load_teacher(run)
+    z = torch.randn(1, 4, 8, 8)
+    again, _, _ = load_teacher(run / "model")
+    assert torch.equal(teacher.sample(z), again.sample(z))
+
+    # resume from checkpoint-3 into a fresh folder: the LoRA weights come back exactly
+    import shutil
+
+    (tmp_path / "b").mkdir()
+    shutil.copytree(run / "checkpoint-3", tmp_path / "b" / "checkpoint-3")
+    train_teacher([*args, "--output_dir", str(tmp_path / "b"), "--resume_from_checkpoint", "latest"])
+    resumed = load_file(tmp_path / "b" / "checkpoint-6" / "model.safetensors")
+    assert all(torch.equal(saved[k], resumed[k]) for k in saved)
