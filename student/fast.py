@@ -14,6 +14,10 @@ Accuracy against the fp32 eager student, latents in [-1, 1] (tests/test_fast.py 
 - torch.compile, CUDA graphs: fp32, same maths, differences from fusion order only (<= 1e-4);
   compile-bf16 (torch.compile under bf16 autocast) as bf16.
 - onnxruntime: fp32, `student.export.ONNX_ATOL` (1e-3; see there why).
+
+Measured p50 on 2 Xeon cores with AMX, demo student (1.0M params) on z (1, 192, 128, 128), a
+1024 px photo through the pixel codec: eager 69 ms, bf16 42, NCHW 64, compile 52, compile-bf16
+28, onnxruntime 46 (compile's first call per shape: ~35 s cold, 2 s from inductor's cache).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import copy
 import functools
 import tempfile
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 from typing import Callable
@@ -73,7 +78,9 @@ class _Compiled:
         with torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.bf16):
             if not self.failed:
                 try:
-                    return self.compiled(z_in).float()
+                    with warnings.catch_warnings():  # diffusers' is_torch_version is lru_cached and pure
+                        warnings.filterwarnings("ignore", message="Dynamo detected a call to a `functools.lru_cache`")
+                        return self.compiled(z_in).float()
                 except Exception as exc:  # inductor raises many types; eager is always a correct answer
                     self.failed = True
                     print(f"student.fast: torch.compile failed ({type(exc).__name__}: {str(exc)[:200]}); "

@@ -188,3 +188,10 @@ class LUTPipeline:
         self.timings = {"resize_ms": (t1 - t0) * 1e3, "encode_ms": 0.0, "model_ms": (t2 - t1) * 1e3,
                         "decode_ms": 0.0, "transfer_ms": (t3 - t2) * 1e3}
         return out
+
+
+def load_lut_pipeline(path: str | Path, device: str | torch.device = "cpu"):
+    """(make_pipe, manifest) for eval: `make_pipe(long_side)` -> a LUTPipeline. The LUT needs no
+    working size (the CNN always sees cnn_size, the look-up runs at full size), so long_side is unused."""
+    model, manifest = AdaptiveLUT.from_pretrained(path)
+    return (lambda long_side=None: LUTPipeline(model, device)), manifest

@@ -31,7 +31,9 @@ def test_unknown_section_and_wrong_type(tmp_path):
 
 def test_overrides_are_typed_and_nested():
     cfg = load_config("configs/demo.yaml", ["teacher.num_steps=4", "teacher.flow.block_out_channels=[8, 16]",
-                                            "train.mixed_precision=bf16", "distill.lambda_adv=0"])
+                                            "train.mixed_precision=bf16", "distill.lambda_adv=0",
+                                            "teacher.learning_rate=1e-4"])
+    assert cfg.teacher.learning_rate == 1e-4
     assert cfg.teacher.num_steps == 4
     assert cfg.teacher.flow.block_out_channels == [8, 16]
     assert cfg.train.mixed_precision == "bf16"
