@@ -5,7 +5,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 CONFIG ?= configs/demo.yaml
-LAUNCH := $(BIN)/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no
+LAUNCH := $(BIN)/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
+          --num_cpu_threads_per_process $(shell nproc)
 TINY_STUDENT := distill.output_name=student_tiny student.block_out_channels=[16,32,32] student.norm_num_groups=8
 export HF_HUB_OFFLINE ?= 1
 

@@ -145,7 +145,9 @@ class EvalConfig:
     students: list[str] = field(default_factory=lambda: ["student"])  # student run folders to compare
     baselines: list[str] = field(default_factory=lambda: ["lut"])  # learned baseline run folders, if trained
     teacher_steps: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
-    resolutions: list[str] = field(default_factory=lambda: ["512", "1024", "native"])
+    # "N": the model run at NxN; "native": the eval photos through the submission path (working
+    # size + transfer); "photo-N" / "photo-WxH": an image of that size through the submission path
+    resolutions: list[str] = field(default_factory=lambda: ["512", "1024", "native", "photo-1024"])
     batch_sizes: list[int] = field(default_factory=lambda: [1, 4])
     warmup: int = 1
     repeats: int = 3
@@ -157,7 +159,7 @@ class EvalConfig:
     psnr_floor_db: float = 10.0  # quality = clip((psnr - floor) / (ceil - floor), 0, 1)
     psnr_ceil_db: float = 40.0
     latency_ref_ms: float = 1000.0  # efficiency = ref / (ref + latency at the score resolution)
-    score_resolution: str = "1024"
+    score_resolution: str = "photo-1024"  # the path the quality figures were measured on, at 1 MP
     max_images: int = 0  # 0 = all validation pairs
 
 
@@ -324,6 +326,9 @@ def validate(cfg: Config) -> None:
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise ConfigError(f"{key}={value!r} is not one of {', '.join(allowed)}")
+    if cfg.eval.score_resolution not in cfg.eval.resolutions:
+        raise ConfigError(f"eval.score_resolution={cfg.eval.score_resolution!r} must be one of eval.resolutions "
+                          f"{cfg.eval.resolutions}")
     if cfg.teacher.num_steps < 1:
         raise ConfigError(f"teacher.num_steps={cfg.teacher.num_steps}: must be >= 1")
     if cfg.train.gradient_accumulation_steps < 1:

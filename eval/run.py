@@ -21,66 +21,35 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from core.checkpoint import CheckpointError, atomic_write_json  # noqa: E402
-from core.codecs import build_codec  # noqa: E402
-from core.config import CodecConfig, ConfigError, load_config  # noqa: E402
+from core.checkpoint import atomic_write_json  # noqa: E402
+from core.config import ConfigError, load_config  # noqa: E402
 from core.data import PairSource  # noqa: E402
 from core.images import save_image  # noqa: E402
-from core.pipeline import EditPipeline  # noqa: E402
 from eval.metrics import LPIPSMetric, evaluate_pair, summarize  # noqa: E402
 from eval.report import write_report  # noqa: E402
+from eval.rows import load_models  # noqa: E402
 from eval.score import score_rows  # noqa: E402
 from eval.throughput import device_name, peak_memory_mib, reset_peak_memory, time_calls  # noqa: E402
-from student import Student  # noqa: E402
-from teacher import load_teacher  # noqa: E402
 
 
-def load_models(cfg, device) -> tuple[list[dict], dict]:
-    """Rows to evaluate: {"name", "kind", "make_pipe", "function_evals", "manifest"}, and the codec.
-
-    `make_pipe(long_side)` returns a pipeline (EditPipeline or the LUT's) taking a photo of any
-    size to the edited photo of the same size.
-    """
-    teacher, codec_cfg, t_manifest = load_teacher(cfg.run_dir("teacher"))
-    teacher = teacher.to(device)
-    codec = build_codec(CodecConfig(**codec_cfg)).to(device)
-    e, d = cfg.eval, cfg.data
-
-    def latent_pipe(predict):
-        return lambda long_side: EditPipeline(predict, codec, long_side, e.transfer, e.transfer_grid, device,
-                                              d.size_multiple)
-
-    rows = [{"name": "identity", "kind": "baseline", "make_pipe": latent_pipe(None), "function_evals": 0,
-             "manifest": {}, "has_model": False}]
-    for k in sorted(set(e.teacher_steps)):
-        rows.append({"name": f"teacher K={k}", "kind": "teacher", "num_steps": k, "function_evals":
-                     teacher.function_evals(k), "manifest": t_manifest,
-                     "make_pipe": latent_pipe(lambda z, k=k: teacher.sample(z, num_steps=k))})
-    for name in e.students:
-        try:
-            student, s_codec, s_manifest = Student.from_pretrained(cfg.run_dir(name))
-        except CheckpointError as exc:
-            print(f"warning: student '{name}' not evaluated: {exc}")
-            continue
-        if s_codec != codec_cfg:
-            print(f"warning: {cfg.run_dir(name)} works in another latent space than the teacher; skipped")
-            continue
-        student = student.to(device)
-        rows.append({"name": name, "kind": "student", "function_evals": 1, "manifest": s_manifest,
-                     "width": student.arch["block_out_channels"], "make_pipe": latent_pipe(torch.no_grad()(student))})
-    for name in e.baselines:
-        if name == "lut" and (cfg.run_dir(name) / "model").is_dir():
-            from student.lut import load_lut_pipeline
-
-            make, manifest = load_lut_pipeline(cfg.run_dir(name), device)
-            rows.append({"name": "3D LUT", "kind": "lut", "function_evals": 1, "manifest": manifest, "make_pipe": make})
-    return rows, codec
-
-
-def square_input(rgb: np.ndarray, size: int) -> np.ndarray:
+def square_input(rgb: np.ndarray, w: int, h: int | None = None) -> np.ndarray:
     from core.images import resize
 
-    return resize(rgb, (size, size))
+    return resize(rgb, (w, h or w))
+
+
+def measure_input(res: str, photo: np.ndarray, working_long_side: int) -> tuple[np.ndarray, int]:
+    """(image, working long side) for a resolution key of `eval.resolutions`:
+    "N": an NxN image with the model run AT N (the transfer still runs, as a guided filter);
+    "native": the evaluation photo through the submission path (model at the working size + transfer);
+    "photo-N" / "photo-WxH": an image of that size through the submission path (what a user's 1 MP or
+    24 MP photo costs)."""
+    if res == "native":
+        return photo, working_long_side
+    if res.startswith("photo-"):
+        w, _, h = res[len("photo-"):].partition("x")
+        return square_input(photo, int(w), int(h or w)), working_long_side
+    return square_input(photo, int(res)), int(res)
 
 
 def measure_row(row, cfg, photo: np.ndarray, device) -> dict:
@@ -88,10 +57,7 @@ def measure_row(row, cfg, photo: np.ndarray, device) -> dict:
     e = cfg.eval
     out = {}
     for res in e.resolutions:
-        if res == "native":
-            img, long_side = photo, cfg.data.val_long_side  # the submission's path: model at its working size
-        else:
-            img, long_side = square_input(photo, int(res)), int(res)
+        img, long_side = measure_input(res, photo, cfg.data.val_long_side)
         pipe = row["make_pipe"](long_side)
         reset_peak_memory(device)
         parts = []
@@ -108,7 +74,7 @@ def measure_row(row, cfg, photo: np.ndarray, device) -> dict:
         lo = pipe.working_copy(img)
         entry["working_size"] = f"{lo.shape[1]}x{lo.shape[0]}"
         # best batch at the working size (model path only: the transfer is per photo)
-        if row.get("has_model", True) and res != "native":
+        if row.get("has_model", True) and res.isdigit():
             best = None
             for b in e.batch_sizes:
                 x = torch.from_numpy(np.ascontiguousarray(lo)).permute(2, 0, 1)[None].repeat(b, 1, 1, 1).float()

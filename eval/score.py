@@ -4,7 +4,8 @@
     efficiency = latency_ref_ms / (latency_ref_ms + p50 latency at score_resolution)
 
 PSNR is the mean over the evaluation photos at output resolution; latency is the whole path
-(codec + model + full-resolution transfer) at batch 1. Both normalisations are in the config
+(working copy, codec, model, full-resolution transfer) at batch 1 on a 1 MP photo by default, so
+quality and speed are measured on the same path. Both normalisations are in the config
 (`eval.*`) and written into the report. The identity baseline is scored for context but is
 never chosen.
 """
@@ -26,7 +27,9 @@ def normalisation_text(e: EvalConfig) -> str:
     return (f"score = {e.quality_weight} * quality + {e.efficiency_weight} * efficiency; quality = clip((PSNR - "
             f"{e.psnr_floor_db}) / ({e.psnr_ceil_db} - {e.psnr_floor_db}), 0, 1) with PSNR the mean over the "
             f"evaluation photos at output resolution; efficiency = {e.latency_ref_ms} / ({e.latency_ref_ms} + "
-            f"p50 latency in ms at {e.score_resolution}, batch 1, whole path)")
+            f"p50 latency in ms at '{e.score_resolution}' (batch 1, the whole path: working copy, codec, network "
+            f"and full-resolution transfer; 'photo-1024' is a 1 MP photo through the same path the quality was "
+            f"measured on)")
 
 
 def score_rows(rows: list[dict], e: EvalConfig) -> dict:

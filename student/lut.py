@@ -191,7 +191,8 @@ class LUTPipeline:
 
 
 def load_lut_pipeline(path: str | Path, device: str | torch.device = "cpu"):
-    """(make_pipe, manifest) for eval: `make_pipe(long_side)` -> a LUTPipeline. The LUT needs no
-    working size (the CNN always sees cnn_size, the look-up runs at full size), so long_side is unused."""
+    """(make_pipe, manifest) for eval: `make_pipe(long_side, transfer=None)` -> a LUTPipeline. The LUT
+    needs no working size nor transfer (the CNN always sees cnn_size, the look-up runs at full size),
+    so both arguments are unused."""
     model, manifest = AdaptiveLUT.from_pretrained(path)
-    return (lambda long_side=None: LUTPipeline(model, device)), manifest
+    return (lambda long_side=None, transfer=None: LUTPipeline(model, device)), manifest

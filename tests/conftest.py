@@ -29,6 +29,6 @@ def tiny_overrides(data: Path, root: Path) -> list[str]:
         "distill.train_steps=6", "distill.adv_warmup_steps=2", "distill.discriminator.channels=16",
         "train.batch_size=2", "train.checkpointing_steps=3", "train.validation_steps=0",
         "train.lr_warmup_steps=2", "train.report_to=none", "train.log_every=1",
-        "eval.teacher_steps=[1, 2]", "eval.resolutions=[\"64\", \"native\"]", "eval.batch_sizes=[1, 2]",
-        "eval.repeats=1", "eval.warmup=0", "eval.score_resolution=64", "eval.transfer_grid=4",
+        "eval.teacher_steps=[1, 2]", "eval.resolutions=[\"64\", \"native\", \"photo-128\"]", "eval.batch_sizes=[1, 2]",
+        "eval.repeats=1", "eval.warmup=0", "eval.score_resolution=photo-128", "eval.transfer_grid=4",
     ]

@@ -167,3 +167,29 @@ def test_hypir_teacher_trains_saves_resumes_and_reloads(tiny_data, tmp_path):
     train_teacher([*args, "--output_dir", str(tmp_path / "b"), "--resume_from_checkpoint", "latest"])
     resumed = load_file(tmp_path / "b" / "checkpoint-6" / "model.safetensors")
     assert all(torch.equal(saved[k], resumed[k]) for k in saved)
+
+
+def test_enhance_keeps_a_24mp_photo_whole_with_its_exif(trained, tmp_path):
+    """A 6000x4000 JPEG comes out 6000x4000, with its EXIF (orientation reset) and ICC profile."""
+    import numpy as np
+    from PIL import Image, ImageCms
+
+    from distill.run import main as distill
+    from student.enhance import main as enhance
+
+    data, root = trained
+    distill(["--config", CONFIG, *tiny_overrides(data, root), "--output_dir", str(tmp_path / "s")])
+    src = tmp_path / "in"
+    src.mkdir()
+    yy, xx = np.mgrid[0:4000, 0:6000]
+    rgb = np.stack([(xx * 255 // 6000), (yy * 255 // 4000), ((xx + yy) % 256)], -1).astype(np.uint8)
+    exif = Image.Exif()
+    exif[0x010F] = "TestCam"  # Make
+    exif[0x0112] = 1
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    Image.fromarray(rgb).save(src / "house.jpg", quality=90, exif=exif.tobytes(), icc_profile=icc)
+    assert enhance(["--model", str(tmp_path / "s"), "--input", str(src), "--output", str(tmp_path / "out")]) == 0
+    with Image.open(tmp_path / "out" / "house.jpg") as out:
+        assert out.size == (6000, 4000)
+        assert out.getexif()[0x010F] == "TestCam"
+        assert out.info.get("icc_profile") == icc
