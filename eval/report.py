@@ -103,7 +103,7 @@ def _stages(report: dict) -> list[tuple[str, dict]]:
         key = (stage, m.get("created"), m.get("step"), m.get("train_seconds"))
         if m and key not in seen:
             seen.add(key)
-            out.append((stage, m))
+            out.append((stage if row["kind"] == "teacher" else f"{stage} ({row['name']})", m))
     return out
 
 
@@ -117,7 +117,8 @@ def _lpips_note(report: dict) -> str:
     lp = report["lpips"]
     if lp.get("available"):
         return ""
-    return f"LPIPS unavailable: {lp.get('reason') or 'no reason given'}"
+    reason = lp.get("reason") or "no reason given"
+    return reason if reason.startswith("LPIPS unavailable") else f"LPIPS unavailable: {reason}"
 
 
 # ----------------------------------------------------------------------------- tables (HTML and MD)
