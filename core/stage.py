@@ -67,11 +67,12 @@ def save_grid(rows: list[list[torch.Tensor]], path: Path) -> None:
     Image.fromarray(arr).save(path)
 
 
-def make_validator(cfg: Config, accelerator, codec, val_source: PairSource, predict: Callable,
-                   out_dir: Path, max_images: int = 8) -> Callable:
+def make_validator(cfg: Config, accelerator, val_source: PairSource, edit: Callable, out_dir: Path,
+                   max_images: int = 8) -> Callable:
     """validate(step, ema) -> {"psnr", "identity_psnr"} on the validation split at its working size.
 
-    `predict(z_in) -> z_out` runs the model being trained. Runs on the main process only.
+    `edit(x) -> y` runs the model being trained on a (1, 3, H, W) image in [0, 1] (through the
+    codec for latent models). Runs on the main process only; writes an input | output | target grid.
     """
     val = load_val_set(val_source, cfg.data.val_long_side, cfg.data.size_multiple, limit=max_images)
     identity = float(np.mean([psnr_db(x, y) for _, x, y in val])) if val else float("nan")
@@ -82,8 +83,7 @@ def make_validator(cfg: Config, accelerator, codec, val_source: PairSource, pred
             return {}
         scores, rows = [], []
         for _, x, y in val:
-            z_in = codec.encode(x[None].to(accelerator.device))
-            out = codec.decode(predict(z_in)).float().clamp(0, 1)[0].cpu()
+            out = edit(x[None].to(accelerator.device)).float().clamp(0, 1)[0].cpu()
             scores.append(psnr_db(out, y))
             if len(rows) < 4:
                 rows.append([x, out, y])
@@ -91,6 +91,19 @@ def make_validator(cfg: Config, accelerator, codec, val_source: PairSource, pred
         return {"psnr": float(np.mean(scores)), "identity_psnr": identity}
 
     return validate
+
+
+def latent_edit(codec, predict: Callable) -> Callable:
+    """Image -> image through the codec: decode(predict(encode(x)))."""
+    return lambda x: codec.decode(predict(codec.encode(x)))
+
+
+def finish(accelerator, model, result: dict, validate: Callable):
+    """After train(): the EMA weights copied into the model, validated. (unwrapped model, metrics)."""
+    unwrapped = accelerator.unwrap_model(model)
+    if result["ema"] is not None:
+        result["ema"].store_and_copy_to(unwrapped)
+    return unwrapped, validate(result["step"], True)
 
 
 def write_run_config(cfg: Config, out_dir: Path, accelerator) -> None:

@@ -29,7 +29,15 @@ from core.checkpoint import resolve_model_dir  # noqa: E402
 from core.cli import load_stage_config, stage_parser  # noqa: E402
 from core.codecs import build_codec  # noqa: E402
 from core.config import CodecConfig  # noqa: E402
-from core.stage import latent_dataset, make_validator, open_sources, tracker_config, write_run_config  # noqa: E402
+from core.stage import (  # noqa: E402
+    finish,
+    latent_dataset,
+    latent_edit,
+    make_validator,
+    open_sources,
+    tracker_config,
+    write_run_config,
+)
 from core.trainer import Phase, make_accelerator, make_optimizer, train  # noqa: E402
 from distill.discriminators import build_discriminator  # noqa: E402
 from distill.losses import distill_loss, gan_d_loss, gan_g_loss, r1_penalty  # noqa: E402
@@ -139,7 +147,7 @@ def main(argv=None) -> dict:
 
     phases = [Phase("disc", disc_p, opt_d, sched_d, disc_loss, active=adversarial),
               Phase("student", student_p, opt_g, sched_g, student_loss)]
-    validate = make_validator(cfg, accelerator, codec, val_src, lambda z: student(z), out_dir)
+    validate = make_validator(cfg, accelerator, val_src, latent_edit(codec, student), out_dir)
     accelerator.init_trackers("distill", config=tracker_config(cfg))
     result = train(accelerator, cfg.train, phases=phases, dataset=dataset, total_steps=total_steps,
                    seed=cfg.experiment.seed, output_dir=out_dir, ema_module=student_p, validate=validate,
@@ -147,10 +155,7 @@ def main(argv=None) -> dict:
 
     metrics = {}
     if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(student_p)
-        if result["ema"] is not None:
-            result["ema"].store_and_copy_to(unwrapped)
-        metrics = validate(result["step"], True)
+        unwrapped, metrics = finish(accelerator, student_p, result, validate)
         unwrapped.save_pretrained(out_dir / "model", codec=codec_cfg, manifest={
             "step": result["step"], "train_seconds": result["train_seconds"],
             "wall_seconds": time.time() - wall_start, "metrics": metrics, "teacher": str(teacher_dir),

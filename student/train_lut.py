@@ -19,41 +19,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from any folder
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from core.cli import load_stage_config, stage_parser  # noqa: E402
 from core.data import PairedDataset  # noqa: E402
-from core.latents import load_val_set  # noqa: E402
-from core.stage import open_sources, psnr_db, save_grid, tracker_config, write_run_config  # noqa: E402
+from core.stage import finish, make_validator, open_sources, tracker_config, write_run_config  # noqa: E402
 from core.trainer import Phase, make_accelerator, make_optimizer, train  # noqa: E402
 from student.lut import AdaptiveLUT, monotonicity_loss, tv_loss  # noqa: E402
 
 
-def make_lut_validator(cfg, accelerator, net: AdaptiveLUT, val_source, out_dir: Path):
-    """validate(step, ema) -> {"psnr", "identity_psnr"} over the validation split at data.val_long_side."""
-    val = load_val_set(val_source, cfg.data.val_long_side, cfg.data.size_multiple)
-    identity = float(np.mean([psnr_db(x, y) for _, x, y in val])) if val else float("nan")
-
-    @torch.no_grad()
-    def validate(step: int, ema: bool) -> dict:
-        if not accelerator.is_main_process or not val:
-            return {}
-        scores, rows = [], []
-        for _, x, y in val:
-            out = net(x[None].to(accelerator.device)).clamp(0, 1)[0].cpu()
-            scores.append(psnr_db(out, y))
-            if len(rows) < 4:
-                rows.append([x, out, y])
-        save_grid(rows, out_dir / "val" / f"step-{step:06d}.png")
-        return {"psnr": float(np.mean(scores)), "identity_psnr": identity}
-
-    return validate
-
-
 def main(argv=None) -> dict:
-    args = stage_parser("Train the image-adaptive 3D LUT baseline.").parse_args(argv)
+    args = stage_parser("Train the image-adaptive 3D LUT baseline.").parse_intermixed_args(argv)
     cfg = load_stage_config(args)
     c = cfg.lut
     out_dir = Path(args.output_dir) if args.output_dir else cfg.run_dir("lut")
@@ -81,7 +58,7 @@ def main(argv=None) -> dict:
         return loss, {"loss": loss.detach(), "loss_mse": mse.detach(), "loss_tv": tv.detach(),
                       "loss_mono": mono.detach()}
 
-    validate = make_lut_validator(cfg, accelerator, accelerator.unwrap_model(model), val_src, out_dir)
+    validate = make_validator(cfg, accelerator, val_src, accelerator.unwrap_model(model), out_dir)
     accelerator.init_trackers("lut", config=tracker_config(cfg))
     result = train(accelerator, cfg.train, phases=[Phase("lut", model, optimizer, scheduler, loss_fn)],
                    dataset=dataset, total_steps=total_steps, seed=cfg.experiment.seed, output_dir=out_dir,
@@ -91,10 +68,7 @@ def main(argv=None) -> dict:
     # final model: the EMA weights, with the validation figures in the manifest
     metrics = {}
     if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(model)
-        if result["ema"] is not None:
-            result["ema"].store_and_copy_to(unwrapped)
-        metrics = validate(result["step"], True)
+        unwrapped, metrics = finish(accelerator, model, result, validate)
         unwrapped.save_pretrained(out_dir / "model", manifest={
             "step": result["step"], "train_seconds": result["train_seconds"],
             "wall_seconds": time.time() - wall_start, "metrics": metrics, "train_pairs": len(dataset),

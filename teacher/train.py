@@ -22,7 +22,15 @@ import torch  # noqa: E402
 from core.cli import load_stage_config, stage_parser  # noqa: E402
 from core.codecs import build_codec  # noqa: E402
 from core.perceptual import load_lpips  # noqa: E402
-from core.stage import latent_dataset, make_validator, open_sources, tracker_config, write_run_config  # noqa: E402
+from core.stage import (  # noqa: E402
+    finish,
+    latent_dataset,
+    latent_edit,
+    make_validator,
+    open_sources,
+    tracker_config,
+    write_run_config,
+)
 from core.trainer import Phase, make_accelerator, make_optimizer, train  # noqa: E402
 from teacher.models import build_teacher, save_teacher  # noqa: E402
 
@@ -64,7 +72,7 @@ def main(argv=None) -> dict:
                 parts["loss_lpips"] = lp.detach()
         return loss, parts
 
-    validate = make_validator(cfg, accelerator, codec, val_src, lambda z: teacher.sample(z), out_dir)
+    validate = make_validator(cfg, accelerator, val_src, latent_edit(codec, teacher.sample), out_dir)
     accelerator.init_trackers("teacher", config=tracker_config(cfg))
     result = train(accelerator, cfg.train, phases=[Phase("teacher", model, optimizer, scheduler, loss_fn)],
                    dataset=dataset, total_steps=total_steps, seed=cfg.experiment.seed, output_dir=out_dir,
@@ -74,10 +82,7 @@ def main(argv=None) -> dict:
     # final model: the EMA weights, with the validation figures in the manifest
     metrics = {}
     if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(model)
-        if result["ema"] is not None:
-            result["ema"].store_and_copy_to(unwrapped)
-        metrics = validate(result["step"], True)
+        unwrapped, metrics = finish(accelerator, model, result, validate)
         save_teacher(unwrapped, out_dir / "model", codec=vars(cfg.codec).copy(), manifest={
             "step": result["step"], "train_seconds": result["train_seconds"],
             "wall_seconds": time.time() - wall_start, "metrics": metrics, "num_steps": teacher.num_steps,
