@@ -10,10 +10,6 @@ Images: (3, H, W) or (1, 3, H, W) torch float in [0, 1], or (H, W, 3) numpy floa
 """
 from __future__ import annotations
 
-import pickle
-import warnings
-from pathlib import Path
-
 import numpy as np
 import torch
 from skimage.color import deltaE_ciede2000, rgb2lab
@@ -95,38 +91,16 @@ class LPIPSMetric:
     """
 
     def __init__(self, device: str | torch.device = "cpu"):
+        from core.perceptual import LPIPSUnavailable, build_lpips
+
         self.device = torch.device(device)
         self.model = None
         self.reason = ""
         try:
-            self.model = self._build()
-        # Any failure to load must read as "unavailable", never as a number.
-        except (ImportError, OSError, KeyError, RuntimeError, pickle.UnpicklingError) as err:
-            self.reason = f"LPIPS unavailable: {err}"
+            self.model = build_lpips(self.device)
+        except LPIPSUnavailable as err:  # any failure to load reads as "unavailable", never as a number
+            self.reason = str(err)
         self.available = self.model is not None
-
-    def _build(self):
-        import lpips
-        from torchvision.models import AlexNet_Weights
-
-        name = Path(AlexNet_Weights.IMAGENET1K_V1.url).name
-        path = Path(torch.hub.get_dir()) / "checkpoints" / name
-        if not path.is_file():
-            raise FileNotFoundError(f"alexnet weights not in the torch hub cache ({path}); "
-                                    "run once with network to download them")
-        with warnings.catch_warnings():  # lpips passes torchvision's deprecated `pretrained`
-            warnings.simplefilter("ignore")
-            model = lpips.LPIPS(pretrained=True, net="alex", pnet_rand=True, verbose=False)
-        alexnet = torch.load(path, map_location="cpu", weights_only=True)
-        # lpips keeps AlexNet's layer indices: net.slice2.3.weight is features.3.weight.
-        backbone = {}
-        for key in model.net.state_dict():
-            source = "features." + key.split(".", 1)[1]
-            if source not in alexnet:
-                raise KeyError(f"{path} has no {source}; delete it and download it again")
-            backbone[key] = alexnet[source]
-        model.net.load_state_dict(backbone)
-        return model.to(self.device).eval()
 
     @torch.no_grad()
     def __call__(self, pred, target) -> float | None:

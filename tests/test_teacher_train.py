@@ -120,3 +120,12 @@ def test_sharding_and_gradient_sync_match_one_big_batch(tmp_path):
         assert not set(a) & set(b)  # each process its own shard
         assert sorted(a + b) == sorted(one["seen"][4 * step:4 * step + 4])  # together: the big batch
     assert torch.allclose(torch.tensor(r0["weight"]), torch.tensor(one["weight"]), atol=1e-5)
+
+
+def test_lpips_loss_without_weights_stops_with_the_fix(tiny_data, tmp_path, monkeypatch):
+    """Asking for the LPIPS term with no backbone weights is an error naming the fix, not a random net."""
+    from core.perceptual import LPIPSUnavailable
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
+    with pytest.raises(LPIPSUnavailable, match="teacher.lpips_weight=0"):
+        run_teacher([*tiny_overrides(tiny_data, tmp_path), "teacher.lpips_weight=1.0"])
