@@ -29,7 +29,6 @@ class CodecError(ValueError):
 class Codec(nn.Module):
     factor: int
     channels: int
-    frozen: bool = True  # codecs are never trained here; latents can be cached
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

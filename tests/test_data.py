@@ -20,9 +20,7 @@ from core.data import (
     random_crop_flip,
     shard_indices,
 )
-
-REPO = Path(__file__).resolve().parents[1]
-FIVEK = Path(__file__).resolve().parents[2] / "shared" / "data" / "fivek-expert-c"
+from tests.conftest import FIVEK, REPO
 
 
 def photo(h, w, seed=0) -> np.ndarray:

@@ -15,8 +15,8 @@ from core.transfer import (
     transfer_edit,
     transfer_edit_np,
 )
+from tests.conftest import FIVEK
 
-FIVEK = Path(__file__).resolve().parents[2] / "shared" / "data" / "fivek-expert-c"
 COLOUR = torch.tensor([[0.80, 0.10, 0.00], [0.05, 0.75, 0.10], [0.00, 0.10, 0.70]])
 OFFSET = torch.tensor([0.05, 0.03, 0.08])
 
