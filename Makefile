@@ -30,7 +30,7 @@ distill: $(STAMP)
 	$(LAUNCH) distill/run.py --config $(CONFIG)
 
 lut: $(STAMP)
-	$(LAUNCH) student/train_lut.py --config $(CONFIG)
+	$(LAUNCH) lut/train.py --config $(CONFIG)
 
 eval: $(STAMP)
 	$(LAUNCH) eval/run.py --config $(CONFIG)
@@ -50,7 +50,7 @@ demo: $(STAMP)
 	$(LAUNCH) teacher/train.py --config $(CONFIG) --resume_from_checkpoint latest
 	$(LAUNCH) distill/run.py --config $(CONFIG) --resume_from_checkpoint latest
 	$(LAUNCH) distill/run.py --config $(CONFIG) --resume_from_checkpoint latest $(TINY_STUDENT)
-	$(LAUNCH) student/train_lut.py --config $(CONFIG) --resume_from_checkpoint latest
+	$(LAUNCH) lut/train.py --config $(CONFIG) --resume_from_checkpoint latest
 	$(LAUNCH) eval/run.py --config $(CONFIG)
 
 test: $(STAMP)

@@ -186,7 +186,7 @@ class TrainConfig:
 
 @dataclass
 class LUTConfig:
-    """The image-adaptive 3D LUT baseline (student/train_lut.py)."""
+    """The image-adaptive 3D LUT baseline (lut/train.py)."""
 
     num_basis: int = 3
     size: int = 33  # entries per colour axis

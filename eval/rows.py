@@ -47,7 +47,7 @@ def load_models(cfg, device) -> tuple[list[dict], dict]:
                      "width": student.arch["block_out_channels"], "make_pipe": latent_pipe(torch.no_grad()(student))})
     for name in e.baselines:
         if name == "lut" and (cfg.run_dir(name) / "model").is_dir():
-            from student.lut import load_lut_pipeline
+            from lut import load_lut_pipeline
 
             make, manifest = load_lut_pipeline(cfg.run_dir(name), device)
             rows.append({"name": "3D LUT", "kind": "lut", "function_evals": 1, "manifest": manifest, "make_pipe": make})

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from student.lut import (
+from lut.model import (
     AdaptiveLUT,
     apply_lut,
     identity_lut,
@@ -76,7 +76,7 @@ def test_regularisers_see_a_rough_or_inverted_lut():
 
 
 def run_lut(args):
-    from student.train_lut import main
+    from lut.train import main
 
     return main(["--config", str(REPO / "configs" / "demo.yaml"), *args])
 

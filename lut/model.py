@@ -133,7 +133,7 @@ class AdaptiveLUT(nn.Module):
         tensors, config, manifest = load_model_folder(folder)
         if config.get("kind") != "lut":
             raise CheckpointError(f"{folder} holds a {config.get('kind')!r} model, not a LUT: pass the "
-                                  "folder written by student/train_lut.py ({output_root}/{name}/lut)")
+                                  "folder written by lut/train.py ({output_root}/{name}/lut)")
         model = cls(**config["arch"])
         model.load_state_dict(tensors)
         return model.eval(), manifest

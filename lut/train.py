@@ -1,9 +1,9 @@
-"""The fast baseline: train the image-adaptive 3D LUT (student/lut.py) on the same pairs.
+"""The fast baseline: train the image-adaptive 3D LUT (lut/model.py) on the same pairs.
 
-    accelerate launch student/train_lut.py --config configs/demo.yaml
-    accelerate launch student/train_lut.py --config configs/demo.yaml --resume_from_checkpoint latest
-    torchrun --nproc_per_node 2 student/train_lut.py --config configs/demo.yaml   # two CPU processes
-    python student/train_lut.py --config configs/demo.yaml lut.train_steps=500 lut.num_basis=5
+    accelerate launch lut/train.py --config configs/demo.yaml
+    accelerate launch lut/train.py --config configs/demo.yaml --resume_from_checkpoint latest
+    torchrun --nproc_per_node 2 lut/train.py --config configs/demo.yaml   # two CPU processes
+    python lut/train.py --config configs/demo.yaml lut.train_steps=500 lut.num_basis=5
 
 Pixel space, no codec: random crops (data.crop_size) of the pairs resized to data.train_long_side,
 loss = MSE(LUT(x), y) + lut.lambda_tv * R_s + lut.lambda_mono * R_m. Writes
@@ -26,7 +26,7 @@ from core.cli import load_stage_config, stage_parser  # noqa: E402
 from core.data import PairedDataset  # noqa: E402
 from core.stage import finish, make_validator, open_sources, tracker_config, write_run_config  # noqa: E402
 from core.trainer import Phase, make_accelerator, make_optimizer, train  # noqa: E402
-from student.lut import AdaptiveLUT, monotonicity_loss, tv_loss  # noqa: E402
+from lut.model import AdaptiveLUT, monotonicity_loss, tv_loss  # noqa: E402
 
 
 def main(argv=None) -> dict:
