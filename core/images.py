@@ -257,6 +257,16 @@ def read_size(path: str | Path) -> tuple[int, int]:
     return (h, w) if orientation >= 5 else (w, h)
 
 
+def list_photos(path: str | Path, flag: str = "--input") -> list[Path]:
+    """The photo itself, or the photos in the folder (sorted by name, hidden files skipped)."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise SystemExit(f"error: {flag} {path} does not exist: pass a photo or a folder of photos")
+    return sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+
+
 def _png16(f, u16: np.ndarray, icc: bytes | None, exif: bytes | None) -> None:
     """Write an RGB 16-bit PNG by hand: PIL cannot write one."""
     def chunk(kind: bytes, data: bytes) -> bytes:

@@ -24,7 +24,7 @@ import torch
 from core.checkpoint import read_json, resolve_model_dir
 from core.codecs import build_codec
 from core.config import CodecConfig
-from core.images import IMAGE_SUFFIXES, ImageError, load_image, save_image
+from core.images import ImageError, list_photos, load_image, save_image
 from core.pipeline import EditPipeline
 
 
@@ -45,14 +45,6 @@ def load_model(path: str | Path, device):
         model = model.to(device)
         predict = model.sample
     return predict, codec_cfg, manifest
-
-
-def list_inputs(path: Path) -> list[Path]:
-    if path.is_file():
-        return [path]
-    if not path.is_dir():
-        raise SystemExit(f"error: --input {path} does not exist")
-    return sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
 
 
 def main(argv=None) -> int:
@@ -77,7 +69,7 @@ def main(argv=None) -> int:
     multiple = int(manifest.get("size_multiple", 32))
     pipe = EditPipeline(predict, codec, long_side, args.transfer, args.grid, state.device, multiple)
 
-    inputs = list_inputs(Path(args.input))
+    inputs = list_photos(args.input)
     out_dir = Path(args.output)
     out_dir.mkdir(parents=True, exist_ok=True)
     failed: list[str] = []

@@ -1,0 +1,151 @@
+"""`.cube` 3D LUTs: write/read round trip, the common variants, malformed files, ffmpeg agreement,
+the apply CLI (size, EXIF, ICC, failures) and export from trained model folders."""
+
+import json
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageCms
+
+from core.demo import photo_path
+from lut.apply import grade
+from lut.apply import main as apply_main
+from lut.cube import CubeError, apply_cube, format_cube, parse_cube, read_cube, write_cube
+from student.lut import identity_lut
+
+
+def known_mapping(size: int) -> torch.Tensor:
+    """A look no axis-aligned mistake survives: a per-channel tone curve plus a cross-channel tint."""
+    r, g, b = identity_lut(size)
+    return torch.stack([r ** 0.8, 0.9 * g + 0.1 * b, (b ** 1.3 + 0.2 * r) / 1.2]).clamp(0, 1)
+
+
+def test_write_then_read_gives_the_table_back(tmp_path):
+    table = known_mapping(17)
+    path = write_cube(tmp_path / "look.cube", table, title="studio look")
+    lines = path.read_text().splitlines()
+    assert lines[:4] == ['TITLE "studio look"', "LUT_3D_SIZE 17", "DOMAIN_MIN 0 0 0", "DOMAIN_MAX 1 1 1"]
+    # red varies fastest: the second entry is input (r, g, b) = (1/16, 0, 0)
+    assert [float(v) for v in lines[5].split()] == pytest.approx(table[:, 0, 0, 1].tolist(), abs=1e-6)
+    cube = read_cube(path)
+    assert cube.title == "studio look" and cube.size == 17
+    assert (cube.table - table).abs().max() < 1e-5
+
+
+def test_reader_takes_comments_blank_lines_crlf_a_bom_and_a_domain_before_the_size(tmp_path):
+    table = known_mapping(5)
+    data = format_cube(table).splitlines()[3:]  # the 125 entries
+    text = ("\ufeff# made by hand\r\n\r\nTITLE \"x\"\r\nDOMAIN_MIN 0 0 0\r\nDOMAIN_MAX 1.0 1.0 1.0\r\n"
+            "LUT_IN_VIDEO_RANGE\r\nLUT_3D_SIZE\t5\r\n# the table\r\n" + "\r\n".join(data[:60]) + "\r\n\r\n"
+            + "\r\n".join(d.replace(" ", "\t") for d in data[60:]) + "\r\n")
+    (tmp_path / "v.cube").write_bytes(text.encode("utf-8"))
+    cube = read_cube(tmp_path / "v.cube")
+    assert cube.comments == ["made by hand", "the table"]
+    assert (cube.table - table).abs().max() < 1e-5
+
+
+def test_a_domain_maps_inputs_onto_the_lattice():
+    table = known_mapping(9)
+    body = "\n".join(format_cube(table).splitlines()[3:])
+    cube = parse_cube(f"LUT_3D_INPUT_RANGE 0 2\nLUT_3D_SIZE 9\n{body}\n")
+    assert cube.domain_max == (2.0, 2.0, 2.0)
+    x = torch.rand(1, 3, 8, 8)
+    same = parse_cube(format_cube(table))
+    assert torch.allclose(apply_cube(cube, 2 * x), apply_cube(same, x), atol=1e-6)
+
+
+def cube_text(size=2, entries=None, head=None) -> str:
+    head = head if head is not None else [f"LUT_3D_SIZE {size}"]
+    entries = entries if entries is not None else ["0 0 0"] * size ** 3
+    return "\n".join(["# test", *head, *entries]) + "\n"
+
+
+MALFORMED = {
+    "too few entries": (cube_text(entries=["0 0 0"] * 7), "line 9", "ends after 7 entries"),
+    "too many entries": (cube_text(entries=["0 0 0"] * 9), "line 11", "more entries than LUT_3D_SIZE 2"),
+    "a non-numeric value": (cube_text(entries=["0 0 0"] * 4 + ["0 0.5 O.7"] + ["1 1 1"] * 3), "line 7",
+                            "'O.7' is not a number"),
+    "two values on a line": (cube_text(entries=["0 0 0", "0 1"] + ["1 1 1"] * 6), "line 4", "expected 3"),
+    "a 1D LUT": (cube_text(head=["LUT_1D_SIZE 2"], entries=["0 0 0", "1 1 1"]), "line 3", "1D LUT"),
+    "no size": (cube_text(head=['TITLE "x"'], entries=["0 0 0"] * 8), "line 3", "before any LUT_3D_SIZE"),
+    "a bad size": (cube_text(head=["LUT_3D_SIZE 1"]), "line 2", "LUT_3D_SIZE '1'"),
+    "integer-scaled values": (cube_text(entries=["0 0 0"] * 5 + ["1023 0 512"] + ["0 0 0"] * 2), "line 8",
+                              "far outside the domain"),
+    "a keyword inside the table": (cube_text(entries=["0 0 0"] * 3 + ["DOMAIN_MAX 1 1 1"] + ["0 0 0"] * 5),
+                                   "line 6", "after the table started"),
+}
+
+
+@pytest.mark.parametrize("kind", MALFORMED)
+def test_a_malformed_file_is_refused_naming_the_line(tmp_path, kind):
+    text, line, what = MALFORMED[kind]
+    (tmp_path / "bad.cube").write_text(text)
+    with pytest.raises(CubeError, match=what) as info:
+        read_cube(tmp_path / "bad.cube")
+    assert f"bad.cube, {line}:" in str(info.value)
+
+
+def test_ffmpeg_lut3d_gives_our_colours(tmp_path):
+    """An exported .cube through ffmpeg's lut3d filter and through apply_cube agree within 2/255.
+
+    What this checks of ffmpeg's conventions (libavfilter/vf_lut3d.c, parse_cube): entries are read
+    with red fastest (lut[r][g][b] filled with r innermost), the same order as ours; DOMAIN lines are
+    only read after LUT_3D_SIZE (so we write them there) and only their width is used, so we export
+    the [0, 1] domain where every reader agrees; interp=trilinear is asked for, as ffmpeg defaults
+    to tetrahedral; ffmpeg truncates the interpolated value to 8 bits where we round, up to 1/255.
+    """
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("ffmpeg is not installed (Debian: apt-get install ffmpeg)")
+    table = known_mapping(17)
+    write_cube(tmp_path / "look.cube", table)
+    rgb = np.asarray(Image.open(photo_path("coffee")).convert("RGB"))  # a real photo, 400 x 600
+    Image.fromarray(rgb).save(tmp_path / "in.png")
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(tmp_path / "in.png"), "-vf",
+                    f"lut3d=file={tmp_path / 'look.cube'}:interp=trilinear", "-pix_fmt", "rgb24",
+                    str(tmp_path / "ffmpeg.png")], check=True)
+    theirs = np.asarray(Image.open(tmp_path / "ffmpeg.png").convert("RGB")).astype(int)
+    ours = np.round(grade(read_cube(tmp_path / "look.cube"), rgb / 255.0) * 255).astype(int)
+    assert theirs.shape == ours.shape == rgb.shape
+    assert np.abs(theirs - ours).max() <= 2
+    assert np.abs(theirs - rgb.astype(int)).mean() > 5  # the look really changed the photo
+
+
+def test_apply_cli_keeps_size_exif_and_icc_and_lists_failures(tmp_path, capsys):
+    table = known_mapping(9)
+    write_cube(tmp_path / "look.cube", table)
+    src = tmp_path / "in"
+    src.mkdir()
+    rgb = np.asarray(Image.open(photo_path("coffee")).convert("RGB"))[:123, :217]  # odd size
+    exif = Image.Exif()
+    exif[0x010F] = "TestCam"
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    Image.fromarray(rgb).save(src / "house.jpg", quality=95, exif=exif.tobytes(), icc_profile=icc)
+    Image.fromarray(rgb).save(src / "house.png")
+    before = (src / "house.jpg").read_bytes()
+    out = tmp_path / "out"
+    assert apply_main([str(tmp_path / "look.cube"), "--input", str(src), "--output", str(out)]) == 0
+    assert json.loads(capsys.readouterr().out.strip())["done"] == 2
+    with Image.open(out / "house.jpg") as im:
+        assert im.size == (217, 123)
+        assert im.getexif()[0x010F] == "TestCam" and im.info.get("icc_profile") == icc
+    assert (src / "house.jpg").read_bytes() == before  # the input is untouched
+    png = np.asarray(Image.open(out / "house.png")).astype(int)
+    expected = np.round(grade(read_cube(tmp_path / "look.cube"), rgb / 255.0) * 255).astype(int)
+    assert np.abs(png - expected).max() == 0  # lossless output: exactly the LUT's colours
+
+    (src / "broken.jpg").write_bytes(b"not a photo")
+    assert apply_main([str(tmp_path / "look.cube"), "--input", str(src), "--output", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "1 photo(s) failed" in err and "broken.jpg" in err
+    assert apply_main([str(tmp_path / "look.cube"), "--input", str(src), "--output", str(src)]) == 1
+    assert "would overwrite the input" in capsys.readouterr().err
+
+
+def test_apply_cli_refuses_a_malformed_cube(tmp_path, capsys):
+    (tmp_path / "bad.cube").write_text(cube_text(entries=["0 0 0"] * 7))
+    (tmp_path / "a.png").write_bytes(b"")
+    assert apply_main([str(tmp_path / "bad.cube"), "--input", str(tmp_path), "--output", str(tmp_path / "o")]) == 2
+    assert "line 9" in capsys.readouterr().err
