@@ -9,7 +9,7 @@ The format (Adobe's "Cube LUT Specification 1.0", also DaVinci Resolve's): keywo
 "R G B" with **red varying fastest**, then green, then blue. `#` starts a comment line; blank
 lines and Windows line ends are fine. Resolve's `LUT_3D_INPUT_RANGE lo hi` is read as the domain.
 
-The table uses the project's layout `table[c, b, g, r]` (student/lut.py), so flattening its
+The table uses the project's layout `table[c, b, g, r]` (lut/model.py), so flattening its
 (b, g, r) axes in C order gives the file's line order exactly; the application is the same
 trilinear `apply_lut` the 3D-LUT baseline uses (one implementation).
 """
@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from core.checkpoint import atomic_write_bytes
-from student.lut import BAND_PIXELS, apply_lut
+from lut.model import BAND_PIXELS, apply_lut
 
 MAX_SIZE = 256  # what ffmpeg and Resolve accept; 65 is the largest size tools usually write
 KEYWORDS = {"TITLE", "LUT_3D_SIZE", "LUT_1D_SIZE", "DOMAIN_MIN", "DOMAIN_MAX", "LUT_3D_INPUT_RANGE",

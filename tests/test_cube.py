@@ -14,7 +14,7 @@ from core.demo import photo_path
 from lut.apply import grade
 from lut.apply import main as apply_main
 from lut.cube import CubeError, apply_cube, format_cube, parse_cube, read_cube, write_cube
-from student.lut import identity_lut
+from lut.model import identity_lut
 
 
 def known_mapping(size: int) -> torch.Tensor:
