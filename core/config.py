@@ -152,6 +152,8 @@ class EvalConfig:
     warmup: int = 1
     repeats: int = 3
     max_seconds_per_measure: float = 20.0  # stop repeating a slow measurement after this long
+    # how a model's working-size edit reaches full size: written into each model folder's manifest
+    # when it is trained; eval and student.enhance read it from there
     transfer: str = "grid"  # grid | none
     transfer_grid: int = 32
     quality_weight: float = 0.7

@@ -1,6 +1,7 @@
-"""The flow of one photo: working copy -> encode -> model -> decode -> full-resolution transfer.
+"""The flow of one photo: working copy -> the model (encode, network, decode) -> full-resolution transfer.
 
-    pipe = EditPipeline(predict, codec, long_side=512, transfer="grid")
+    pipe = EditPipeline(edit, long_side=512, transfer="grid", grid=32, multiple=32)
+    pipe = load_model("runs/demo/student").pipeline()   # the same, its settings read from the manifest
     out = pipe(rgb)            # (H, W, 3) float in [0, 1] -> same size, the edit applied
 
 The network only ever sees the working copy; the edit it makes there is carried to the
@@ -22,14 +23,15 @@ from core.transfer import apply_transfer
 
 
 class EditPipeline:
-    def __init__(self, predict: Callable[[torch.Tensor], torch.Tensor] | None, codec, long_side: int,
-                 transfer: str = "grid", grid: int = 32, device: str | torch.device = "cpu", multiple: int = 32):
-        """`predict(z_in) -> z_out` on latents; None = identity (the input as output).
+    def __init__(self, edit: Callable[[torch.Tensor], torch.Tensor] | None, long_side: int, transfer: str,
+                 grid: int, device: str | torch.device = "cpu", multiple: int = 1):
+        """`edit(x) -> y` on working-size images (B, 3, h, w) in [0, 1] (a `core.models.LoadedModel`:
+        codec and network inside; its `timings` are reported here); None = identity (the input as output).
 
         The working copy's sides are multiples of `multiple` (the codec factor times the
         networks' downsampling), so every model sees sizes it can take.
         """
-        self.predict, self.codec, self.long_side, self.multiple = predict, codec, long_side, multiple
+        self.edit, self.long_side, self.multiple = edit, long_side, multiple
         self.transfer, self.grid, self.device = transfer, grid, torch.device(device)
         self.timings: dict[str, float] = {}
 
@@ -41,16 +43,12 @@ class EditPipeline:
     @torch.no_grad()
     def edit_working(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, h, w) in [0, 1] at the working size -> the model's edit, same shape, in [0, 1]."""
-        if self.predict is None:
+        if self.edit is None:
             return x
         t0 = time.perf_counter()
-        z = self.codec.encode(x.to(self.device))
-        t1 = time.perf_counter()
-        z = self.predict(z)
-        t2 = time.perf_counter()
-        out = self.codec.decode(z).float().clamp(0, 1).cpu()
-        self.timings.update(encode_ms=(t1 - t0) * 1e3, model_ms=(t2 - t1) * 1e3,
-                            decode_ms=(time.perf_counter() - t2) * 1e3)
+        out = self.edit(x.to(self.device)).float().clamp(0, 1).cpu()
+        parts = getattr(self.edit, "timings", None) or {"model_ms": (time.perf_counter() - t0) * 1e3}
+        self.timings.update(parts)
         return out
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:

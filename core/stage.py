@@ -71,8 +71,9 @@ def make_validator(cfg: Config, accelerator, val_source: PairSource, edit: Calla
                    max_images: int = 8) -> Callable:
     """validate(step, ema) -> {"psnr", "identity_psnr"} on the validation split at its working size.
 
-    `edit(x) -> y` runs the model being trained on a (1, 3, H, W) image in [0, 1] (through the
-    codec for latent models). Runs on the main process only; writes an input | output | target grid.
+    `edit(x) -> y` runs the model being trained on a (1, 3, H, W) image in [0, 1] (a
+    `core.models.LoadedModel` around it for latent models: codec inside). Runs on the main
+    process only; writes an input | output | target grid.
     """
     val = load_val_set(val_source, cfg.data.val_long_side, cfg.data.size_multiple, limit=max_images)
     identity = float(np.mean([psnr_db(x, y) for _, x, y in val])) if val else float("nan")
@@ -91,11 +92,6 @@ def make_validator(cfg: Config, accelerator, val_source: PairSource, edit: Calla
         return {"psnr": float(np.mean(scores)), "identity_psnr": identity}
 
     return validate
-
-
-def latent_edit(codec, predict: Callable) -> Callable:
-    """Image -> image through the codec: decode(predict(encode(x)))."""
-    return lambda x: codec.decode(predict(codec.encode(x)))
 
 
 def finish(accelerator, model, result: dict, validate: Callable):

@@ -27,12 +27,10 @@ import torch  # noqa: E402
 
 from core.checkpoint import resolve_model_dir  # noqa: E402
 from core.cli import load_stage_config, stage_parser  # noqa: E402
-from core.codecs import build_codec  # noqa: E402
-from core.config import CodecConfig  # noqa: E402
+from core.models import LoadedModel, load_model, serving_manifest  # noqa: E402
 from core.stage import (  # noqa: E402
     finish,
     latent_dataset,
-    latent_edit,
     make_validator,
     open_sources,
     tracker_config,
@@ -42,7 +40,6 @@ from core.trainer import Phase, make_accelerator, make_optimizer, train  # noqa:
 from distill.discriminators import build_discriminator  # noqa: E402
 from distill.losses import distill_loss, gan_d_loss, gan_g_loss, r1_penalty  # noqa: E402
 from student import Student  # noqa: E402
-from teacher import load_teacher  # noqa: E402
 
 
 def teacher_cache_key(teacher_dir: Path, num_steps: int) -> str:
@@ -51,16 +48,6 @@ def teacher_cache_key(teacher_dir: Path, num_steps: int) -> str:
     for f in sorted(teacher_dir.glob("*.safetensors")):
         h.update(f.read_bytes())
     return f"teacher-{h.hexdigest()[:12]}-k{num_steps}"
-
-
-def build_student(cfg, teacher, channels: int) -> Student:
-    s = cfg.student
-    if s.init == "teacher":
-        if teacher.kind != "flow":
-            raise SystemExit(f"error: student.init=teacher needs a flow teacher; this teacher is "
-                             f"'{teacher.kind}' (an 865M-parameter UNet): use student.init=slim")
-        return Student.from_flow_teacher(teacher, t=s.t)
-    return Student(channels, "slim", s.block_out_channels, s.layers_per_block, s.norm_num_groups)
 
 
 def main(argv=None) -> dict:
@@ -77,17 +64,17 @@ def main(argv=None) -> dict:
 
     # teacher and its codec (the student works in the teacher's latent space)
     teacher_dir = resolve_model_dir(args.teacher or cfg.run_dir("teacher"))
-    teacher, codec_cfg, teacher_manifest = load_teacher(teacher_dir)
-    teacher = teacher.to(accelerator.device).requires_grad_(False)
-    codec = build_codec(CodecConfig(**codec_cfg)).to(accelerator.device)
+    teacher = load_model(teacher_dir, accelerator.device)
+    teacher.net.requires_grad_(False)
+    codec, codec_cfg, teacher_manifest = teacher.codec, teacher.manifest["codec"], teacher.manifest
 
     # data: cached latents plus the teacher's K-step outputs for each of them
     train_src, val_src = open_sources(cfg, accelerator)
     dataset = latent_dataset(cfg, train_src, codec, accelerator)
     cache = Path(cfg.experiment.output_root) / "cache" / "teacher" if d.cache_teacher else None
-    sample = lambda z: teacher.sample(z.to(accelerator.device))  # noqa: E731
+    sample = lambda z: teacher.predict(z.to(accelerator.device))  # noqa: E731
     if cache is not None:  # deterministic teacher: targets computed once, on the main process first
-        key = teacher_cache_key(teacher_dir, teacher.num_steps)
+        key = teacher_cache_key(teacher_dir, teacher.net.num_steps)
         if accelerator.is_main_process:
             dataset.add_target("z_teacher", sample, cache, key)
         accelerator.wait_for_everyone()
@@ -96,10 +83,12 @@ def main(argv=None) -> dict:
 
     # student, discriminator, optimisers
     torch.manual_seed(cfg.experiment.seed)
-    student = build_student(cfg, teacher, codec.channels)
+    student = Student.from_config(cfg.student, codec.channels, teacher=teacher.net)
+    # only the UNet discriminator trains a copy of the flow teacher's encoder; the others need none
+    unet_disc = d.discriminator.kind == "unet" and teacher.kind == "flow"
     disc = build_discriminator(d.discriminator, codec.channels, decode=codec.decode,
-                               teacher_unet=copy.deepcopy(teacher.net) if teacher.kind == "flow" else None,
-                               unet_timestep=getattr(teacher, "t_scale", 1000.0))
+                               teacher_unet=copy.deepcopy(teacher.net.net) if unet_disc else None,
+                               unet_timestep=getattr(teacher.net, "t_scale", 1000.0))
     disc = disc.to(accelerator.device)
     d_real_label = disc.real_label  # 0.8 for the OpenCLIP heads (label smoothing), else 1
     opt_g, sched_g = make_optimizer(student.parameters(), d.learning_rate, cfg.train, total_steps)
@@ -108,7 +97,7 @@ def main(argv=None) -> dict:
     adversarial = lambda step: d.lambda_adv > 0 and step >= d.adv_warmup_steps  # noqa: E731
 
     def teacher_target(batch):
-        return batch["z_teacher"] if "z_teacher" in batch else teacher.sample(batch["z_in"])
+        return batch["z_teacher"] if "z_teacher" in batch else teacher.predict(batch["z_in"])
 
     def disc_loss(batch, step):
         z_in, real = batch["z_in"], batch["z_target"]
@@ -147,7 +136,8 @@ def main(argv=None) -> dict:
 
     phases = [Phase("disc", disc_p, opt_d, sched_d, disc_loss, active=adversarial),
               Phase("student", student_p, opt_g, sched_g, student_loss)]
-    validate = make_validator(cfg, accelerator, val_src, latent_edit(codec, student), out_dir)
+    validate = make_validator(cfg, accelerator, val_src, LoadedModel(student, {}, codec, accelerator.device),
+                              out_dir)
     accelerator.init_trackers("distill", config=tracker_config(cfg))
     result = train(accelerator, cfg.train, phases=phases, dataset=dataset, total_steps=total_steps,
                    seed=cfg.experiment.seed, output_dir=out_dir, ema_module=student_p, validate=validate,
@@ -156,15 +146,14 @@ def main(argv=None) -> dict:
     metrics = {}
     if accelerator.is_main_process:
         unwrapped, metrics = finish(accelerator, student_p, result, validate)
-        unwrapped.save_pretrained(out_dir / "model", codec=codec_cfg, manifest={
-            "step": result["step"], "train_seconds": result["train_seconds"],
+        unwrapped.save_pretrained(out_dir / "model", manifest={
+            "stage": "student", **serving_manifest(cfg, codec=codec_cfg), "step": result["step"],
+            "train_seconds": result["train_seconds"],
             "wall_seconds": time.time() - wall_start, "metrics": metrics, "teacher": str(teacher_dir),
             "teacher_metrics": teacher_manifest.get("metrics", {}), "function_evals": 1,
-            "lambda_adv": d.lambda_adv, "discriminator": d.discriminator.kind,
-            "working_long_side": cfg.data.val_long_side,
-            "size_multiple": cfg.data.size_multiple})
+            "lambda_adv": d.lambda_adv, "discriminator": d.discriminator.kind})
         print(f"student (1 step) on validation: PSNR {metrics.get('psnr', 0):.2f} dB; teacher "
-              f"(K={teacher.num_steps}) {teacher_manifest.get('metrics', {}).get('psnr', float('nan')):.2f} dB; "
+              f"(K={teacher.net.num_steps}) {teacher_manifest.get('metrics', {}).get('psnr', float('nan')):.2f} dB; "
               f"identity {metrics.get('identity_psnr', 0):.2f} dB; model saved to {out_dir / 'model'}")
     accelerator.end_training()
     return metrics

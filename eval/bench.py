@@ -25,33 +25,25 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from core.config import load_config  # noqa: E402
-from core.pipeline import EditPipeline  # noqa: E402
+from core.models import load_model  # noqa: E402
 from eval.throughput import device_name, peak_memory_mib, reset_peak_memory, time_calls  # noqa: E402
 
 
 def bench_rows(cfg, device, fast_paths: bool = True) -> list[dict]:
     """The eval's rows (identity, teacher at each K, students, LUT) plus the first student's fast paths."""
-    from eval.rows import load_models
+    from eval.rows import load_models, model_pipe
 
-    rows, codec = load_models(cfg, device)
+    rows, _ = load_models(cfg, device)
     students = [r for r in rows if r["kind"] == "student"]
     if fast_paths and students:
-        from student import Student
-        from student.fast import fast_variants
+        from student import fast_variants
 
         name = students[0]["name"]
-        student, _, _ = Student.from_pretrained(cfg.run_dir(name))
-        student = student.to(device)
-        for label, fn in fast_variants(student, device):
-            rows.append({"name": f"{name} ({label})", "kind": "student", "make_pipe": _latent_pipe(cfg, codec, fn,
-                                                                                                      device)})
+        student = load_model(cfg.run_dir(name), device)
+        for label, fn in fast_variants(student.net, device):
+            rows.append({"name": f"{name} ({label})", "kind": "student",
+                         "make_pipe": model_pipe(student.with_latent_fn(fn))})
     return rows
-
-
-def _latent_pipe(cfg, codec, predict, device):
-    e, d = cfg.eval, cfg.data
-    return lambda long_side, transfer=None: EditPipeline(predict, codec, long_side, transfer or e.transfer,
-                                                         e.transfer_grid, device, d.size_multiple)
 
 
 def parse_size(text: str) -> tuple[int, int]:

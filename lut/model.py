@@ -16,14 +16,13 @@ in [-1, 1] is its (x, y, z) sampling coordinate.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.checkpoint import CheckpointError, load_model_folder, resolve_model_dir, save_model_folder
+from core.models import ModelFolder
 
 BAND_PIXELS = 1 << 21  # pixels per grid_sample call at full resolution: ~50 MB of temporaries
 
@@ -74,8 +73,10 @@ def monotonicity_loss(lut: torch.Tensor) -> torch.Tensor:
     return sum(F.relu(-lut.diff(dim=d)).mean() for d in (2, 3, 4))
 
 
-class AdaptiveLUT(nn.Module):
+class AdaptiveLUT(ModelFolder, nn.Module):
     """`num_basis` learnt LUTs mixed per image by weights a tiny CNN predicts from a downscaled copy."""
+
+    kind, space = "lut", "image"  # the model-folder protocol (core/models.py): works on pixels, no codec
 
     def __init__(self, num_basis: int = 3, size: int = 33, cnn_size: int = 256,
                  channels: tuple[int, ...] = (16, 32, 64, 128, 128)):
@@ -122,21 +123,16 @@ class AdaptiveLUT(nn.Module):
         out = apply_lut(lut, x)
         return (out, lut) if return_lut else out
 
-    def save_pretrained(self, directory: str | Path, manifest: dict) -> Path:
-        return save_model_folder(directory, self.state_dict(), config={"kind": "lut", "arch": self.arch},
-                                 manifest={"stage": "lut", **manifest})
+    def infer(self, x: torch.Tensor, num_steps: int | None = None) -> torch.Tensor:
+        """The protocol's inference: (B, 3, H, W) in [0, 1] -> the edit, clamped to [0, 1]."""
+        return self(x).clamp(0, 1)
 
-    @classmethod
-    def from_pretrained(cls, path: str | Path) -> tuple[AdaptiveLUT, dict]:
-        """(model in eval mode, manifest) from a run folder (holding model/) or the model folder."""
-        folder = resolve_model_dir(path)
-        tensors, config, manifest = load_model_folder(folder)
-        if config.get("kind") != "lut":
-            raise CheckpointError(f"{folder} holds a {config.get('kind')!r} model, not a LUT: pass the "
-                                  "folder written by lut/train.py ({output_root}/{name}/lut)")
-        model = cls(**config["arch"])
-        model.load_state_dict(tensors)
-        return model.eval(), manifest
+    def function_evals(self, num_steps: int | None = None) -> int:
+        return 1
+
+    def full_resolution_pipeline(self, device: str | torch.device = "cpu") -> LUTPipeline:
+        """The LUT's own path for a photo of any size: every original pixel through the look-up."""
+        return LUTPipeline(self, device)
 
 
 class LUTPipeline:
@@ -152,10 +148,6 @@ class LUTPipeline:
         self.model = model.to(self.device).eval()
         self.long_side, self.band_pixels = model.cnn_size, band_pixels
         self.timings: dict[str, float] = {}
-
-    @classmethod
-    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> LUTPipeline:
-        return cls(AdaptiveLUT.from_pretrained(path)[0], device)
 
     def _now(self) -> float:
         if self.device.type == "cuda":
@@ -188,11 +180,3 @@ class LUTPipeline:
         self.timings = {"resize_ms": (t1 - t0) * 1e3, "encode_ms": 0.0, "model_ms": (t2 - t1) * 1e3,
                         "decode_ms": 0.0, "transfer_ms": (t3 - t2) * 1e3}
         return out
-
-
-def load_lut_pipeline(path: str | Path, device: str | torch.device = "cpu"):
-    """(make_pipe, manifest) for eval: `make_pipe(long_side, transfer=None)` -> a LUTPipeline. The LUT
-    needs no working size nor transfer (the CNN always sees cnn_size, the look-up runs at full size),
-    so both arguments are unused."""
-    model, manifest = AdaptiveLUT.from_pretrained(path)
-    return (lambda long_side=None, transfer=None: LUTPipeline(model, device)), manifest

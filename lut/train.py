@@ -8,7 +8,7 @@
 Pixel space, no codec: random crops (data.crop_size) of the pairs resized to data.train_long_side,
 loss = MSE(LUT(x), y) + lut.lambda_tv * R_s + lut.lambda_mono * R_m. Writes
 {output_root}/{name}/lut/: checkpoint-N/ (resumable), logs/ (TensorBoard), val/ (input | output |
-target grids), config.yaml and model/ (what eval/ loads with AdaptiveLUT.from_pretrained).
+target grids), config.yaml and model/ (what eval/ opens with core.models.load_model).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from core.cli import load_stage_config, stage_parser  # noqa: E402
 from core.data import PairedDataset  # noqa: E402
+from core.models import serving_manifest  # noqa: E402
 from core.stage import finish, make_validator, open_sources, tracker_config, write_run_config  # noqa: E402
 from core.trainer import Phase, make_accelerator, make_optimizer, train  # noqa: E402
 from lut.model import AdaptiveLUT, monotonicity_loss, tv_loss  # noqa: E402
@@ -70,9 +71,9 @@ def main(argv=None) -> dict:
     if accelerator.is_main_process:
         unwrapped, metrics = finish(accelerator, model, result, validate)
         unwrapped.save_pretrained(out_dir / "model", manifest={
-            "step": result["step"], "train_seconds": result["train_seconds"],
-            "wall_seconds": time.time() - wall_start, "metrics": metrics, "train_pairs": len(dataset),
-            "final_loss": result["last_logs"].get("loss"), "working_long_side": cfg.data.val_long_side})
+            "stage": "lut", **serving_manifest(cfg, codec=None), "step": result["step"],
+            "train_seconds": result["train_seconds"], "wall_seconds": time.time() - wall_start,
+            "metrics": metrics, "train_pairs": len(dataset), "final_loss": result["last_logs"].get("loss")})
         psnr, ident = metrics.get("psnr", 0.0), metrics.get("identity_psnr", 0.0)
         print(f"3D LUT on validation: PSNR {psnr:.2f} dB vs identity {ident:.2f} dB (+{psnr - ident:.2f} dB) "
               f"after {result['train_seconds']:.0f} s of training; model saved to {out_dir / 'model'}")

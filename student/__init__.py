@@ -1,5 +1,6 @@
-"""The one-step latent student and inference (`python -m student.enhance`)."""
+"""The one-step latent student, its fast paths and inference (`python -m student.enhance`)."""
 
+from student.fast import fast_variants
 from student.model import Student
 
-__all__ = ["Student"]
+__all__ = ["Student", "fast_variants"]

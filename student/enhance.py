@@ -4,11 +4,11 @@
     accelerate launch -m student.enhance --model ... --input ... --output ...   # several GPUs
 
 Any size: the model runs at its working resolution (`--long-side`, default the size it was
-validated at) and the edit is carried to the original pixels by the full-resolution transfer,
-so a 24 MP photo keeps its detail and needs no tiles. Outputs keep the input's file name,
-format, EXIF and ICC profile. Photos already done are skipped, so an interrupted run resumes.
-Unreadable photos are listed at the end and the exit status is then 1. Inputs are never
-overwritten.
+validated at, as its manifest records it) and the edit is carried to the original pixels by
+the full-resolution transfer, so a 24 MP photo keeps its detail and needs no tiles. Any model
+folder works (student, teacher, the LUT). Outputs keep the input's file name, format, EXIF and
+ICC profile. Photos already done are skipped, so an interrupted run resumes. Unreadable photos
+are listed at the end and the exit status is then 1. Inputs are never overwritten.
 """
 
 from __future__ import annotations
@@ -21,41 +21,19 @@ from pathlib import Path
 
 import torch
 
-from core.checkpoint import read_json, resolve_model_dir
-from core.codecs import build_codec
-from core.config import CodecConfig
 from core.images import ImageError, list_photos, load_image, save_image
-from core.pipeline import EditPipeline
-
-
-def load_model(path: str | Path, device):
-    """(predict fn, codec config, long side) for a student or teacher model folder."""
-    directory = resolve_model_dir(path)
-    kind = read_json(directory / "config.json").get("kind")
-    if kind == "student":
-        from student.model import Student
-
-        model, codec_cfg, manifest = Student.from_pretrained(directory)
-        model = model.to(device)
-        predict = torch.no_grad()(model)
-    else:
-        from teacher import load_teacher
-
-        model, codec_cfg, manifest = load_teacher(directory)
-        model = model.to(device)
-        predict = model.sample
-    return predict, codec_cfg, manifest
+from core.models import load_model
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="Apply a trained edit to photos, at full resolution.")
-    p.add_argument("--model", required=True, help="student (or teacher) run or model folder")
+    p.add_argument("--model", required=True, help="any model's run or model folder (student, teacher, LUT)")
     p.add_argument("--input", required=True, help="a photo or a folder of photos")
     p.add_argument("--output", required=True, help="output folder (created)")
     p.add_argument("--zip", default=None, help="also pack the outputs into this ZIP file")
-    p.add_argument("--long-side", type=int, default=0, help="working resolution (default: the model's)")
-    p.add_argument("--transfer", choices=["grid", "none"], default="grid")
-    p.add_argument("--grid", type=int, default=32)
+    p.add_argument("--long-side", type=int, default=None, help="working resolution (default: the model's)")
+    p.add_argument("--transfer", choices=["grid", "none"], default=None, help="default: the model's manifest")
+    p.add_argument("--grid", type=int, default=None, help="transfer grid cells (default: the model's manifest)")
     p.add_argument("--overwrite", action="store_true", help="redo photos whose output exists")
     args = p.parse_args(argv)
 
@@ -63,11 +41,7 @@ def main(argv=None) -> int:
 
     # one process per GPU under accelerate launch (or per CPU process under torchrun); photos split between them
     state = PartialState(cpu=not torch.cuda.is_available())
-    predict, codec_cfg, manifest = load_model(args.model, state.device)
-    codec = build_codec(CodecConfig(**codec_cfg)).to(state.device)
-    long_side = args.long_side or int(manifest.get("working_long_side", 0) or 512)
-    multiple = int(manifest.get("size_multiple", 32))
-    pipe = EditPipeline(predict, codec, long_side, args.transfer, args.grid, state.device, multiple)
+    pipe = load_model(args.model, state.device).pipeline(args.long_side, args.transfer, args.grid)
 
     inputs = list_photos(args.input)
     out_dir = Path(args.output)

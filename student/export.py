@@ -89,7 +89,7 @@ def main(argv=None) -> int:
 
     from student import Student
 
-    student, _, _ = Student.from_pretrained(args.model)
+    student = Student.from_pretrained(args.model)
     shape = (1, student.channels, args.height, args.width)
     path = export_onnx(student, args.output, shape, args.opset)
     # check at a different size from the export sample, so a frozen height/width fails here

@@ -8,16 +8,16 @@ at zero, so training starts from the identity.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from torch import nn
 
-from core.checkpoint import load_model_folder, resolve_model_dir, save_model_folder
+from core.models import ModelFolder
 from core.nets import make_unet, run_unet, to_channels_last
 
 
-class Student(nn.Module):
+class Student(ModelFolder, nn.Module):
+    kind, space = "student", "latent"  # the model-folder protocol (core/models.py)
+
     def __init__(self, channels: int, init: str = "slim", block_out_channels=(32, 64, 64),
                  layers_per_block: int = 1, norm_num_groups: int = 16, t: float = 0.0, t_scale: float = 1000.0,
                  mid_attention: bool = True):
@@ -34,7 +34,19 @@ class Student(nn.Module):
         to_channels_last(self.net)
 
     @classmethod
-    def from_flow_teacher(cls, teacher, t: float = 0.0) -> "Student":
+    def from_config(cls, s, channels: int, teacher=None) -> Student:
+        """The student the config's `student` section asks for. `channels`: the codec's latent channels;
+        `teacher`: the loaded teacher network, needed for `init: teacher` (a flow teacher only)."""
+        if s.init != "teacher":
+            return cls(channels, "slim", s.block_out_channels, s.layers_per_block, s.norm_num_groups)
+        if teacher is None or teacher.kind != "flow":
+            kind = getattr(teacher, "kind", None)
+            raise SystemExit(f"error: student.init=teacher needs a flow teacher; this teacher is {kind!r} "
+                             "(for hypir: an 865M-parameter UNet): use student.init=slim")
+        return cls.from_flow_teacher(teacher, t=s.t)
+
+    @classmethod
+    def from_flow_teacher(cls, teacher, t: float = 0.0) -> Student:
         """Copy a flow teacher's network; the student is its single Euler step from t to 1."""
         a = teacher.arch
         student = cls(a["channels"], "teacher", a["block_out_channels"], a["layers_per_block"],
@@ -51,14 +63,9 @@ class Student(nn.Module):
         t0 = torch.zeros((b,), device=z_in.device, dtype=z_in.dtype)
         return z_in + run_unet(self.net, z_in, t0)
 
-    def save_pretrained(self, directory: str | Path, codec: dict, manifest: dict) -> Path:
-        return save_model_folder(directory, self.state_dict(), config={"kind": "student", "arch": self.arch,
-                                 "codec": codec}, manifest={"stage": "student", **manifest})
+    def infer(self, z_in: torch.Tensor, num_steps: int | None = None) -> torch.Tensor:
+        """The protocol's inference: one step whatever `num_steps` asks."""
+        return self(z_in)
 
-    @classmethod
-    def from_pretrained(cls, path: str | Path):
-        """(student in eval mode, codec config dict, manifest) from a run or model folder."""
-        tensors, config, manifest = load_model_folder(resolve_model_dir(path))
-        student = cls(**config["arch"])
-        student.load_state_dict(tensors)
-        return student.eval(), config["codec"], manifest
+    def function_evals(self, num_steps: int | None = None) -> int:
+        return 1

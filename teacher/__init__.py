@@ -1,5 +1,5 @@
-"""Stage one: teachers (`flow`, `hypir`) and their training. Other stages use `load_teacher`."""
+"""Stage one: teachers (`flow`, `hypir`) and their training (`teacher/train.py`).
 
-from teacher.models import load_teacher
-
-__all__ = ["load_teacher"]
+Other stages never import this package: they open a teacher's model folder with
+`core.models.load_model`, which imports the class its manifest names.
+"""

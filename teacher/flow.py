@@ -11,11 +11,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.models import ModelFolder
 from core.nets import make_unet, run_unet, to_channels_last
 
 
-class FlowTeacher(nn.Module):
-    kind = "flow"
+class FlowTeacher(ModelFolder, nn.Module):
+    kind, space = "flow", "latent"  # the model-folder protocol (core/models.py)
 
     def __init__(self, channels: int, block_out_channels=(64, 128, 128), layers_per_block: int = 1,
                  norm_num_groups: int = 16, noise_std: float = 0.0, t_scale: float = 1000.0,
@@ -58,15 +59,11 @@ class FlowTeacher(nn.Module):
             z = z + dt * v
         return z
 
+    infer = sample  # the protocol's inference: latents -> latents in K steps
+
     def function_evals(self, num_steps: int | None = None) -> int:
         k = num_steps or self.num_steps
         return k if self.sampler == "euler" else 2 * k - 1
 
     def trainable_parameters(self):
         return [p for p in self.parameters() if p.requires_grad]
-
-    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        return self.state_dict()
-
-    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.load_state_dict(state)

@@ -28,7 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.models import ModelFolder
+
 PROMPT_KEY = "prompt_embeds"
+LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"  # diffusers' name for LoRA weights
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 FIX = "download it once with network or point teacher.hypir.pretrained at a local folder"
 
@@ -115,8 +118,9 @@ def normalise_lora_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     return out
 
 
-class HypirTeacher(nn.Module):
-    kind = "hypir"
+class HypirTeacher(ModelFolder, nn.Module):
+    kind, space = "hypir", "latent"  # the model-folder protocol (core/models.py); weights: the LoRA alone
+    weights_name = LORA_WEIGHTS_NAME
     sampler = "ddim"
 
     def __init__(self, unet, alphas_cumprod: list[float], prediction_type: str, arch: dict,
@@ -238,6 +242,8 @@ class HypirTeacher(nn.Module):
             a = self.alphas_cumprod[t]
             z0, eps = self.predict(math.sqrt(a) * z0 + math.sqrt(1 - a) * eps, t, t)
         return z0
+
+    infer = sample  # the protocol's inference: latents -> latents in K steps
 
     def function_evals(self, num_steps: int | None = None) -> int:
         return num_steps or self.num_steps

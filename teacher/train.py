@@ -21,18 +21,18 @@ import torch  # noqa: E402
 
 from core.cli import load_stage_config, stage_parser  # noqa: E402
 from core.codecs import build_codec  # noqa: E402
+from core.models import LoadedModel, serving_manifest  # noqa: E402
 from core.perceptual import load_lpips  # noqa: E402
 from core.stage import (  # noqa: E402
     finish,
     latent_dataset,
-    latent_edit,
     make_validator,
     open_sources,
     tracker_config,
     write_run_config,
 )
 from core.trainer import Phase, make_accelerator, make_optimizer, train  # noqa: E402
-from teacher.models import build_teacher, save_teacher  # noqa: E402
+from teacher.models import build_teacher  # noqa: E402
 
 
 def main(argv=None) -> dict:
@@ -72,7 +72,8 @@ def main(argv=None) -> dict:
                 parts["loss_lpips"] = lp.detach()
         return loss, parts
 
-    validate = make_validator(cfg, accelerator, val_src, latent_edit(codec, teacher.sample), out_dir)
+    validate = make_validator(cfg, accelerator, val_src, LoadedModel(teacher, {}, codec, accelerator.device),
+                              out_dir)
     accelerator.init_trackers("teacher", config=tracker_config(cfg))
     result = train(accelerator, cfg.train, phases=[Phase("teacher", model, optimizer, scheduler, loss_fn)],
                    dataset=dataset, total_steps=total_steps, seed=cfg.experiment.seed, output_dir=out_dir,
@@ -83,12 +84,11 @@ def main(argv=None) -> dict:
     metrics = {}
     if accelerator.is_main_process:
         unwrapped, metrics = finish(accelerator, model, result, validate)
-        save_teacher(unwrapped, out_dir / "model", codec=vars(cfg.codec).copy(), manifest={
+        unwrapped.save_pretrained(out_dir / "model", manifest={
+            "stage": "teacher", **serving_manifest(cfg, codec=vars(cfg.codec).copy()),
             "step": result["step"], "train_seconds": result["train_seconds"],
             "wall_seconds": time.time() - wall_start, "metrics": metrics, "num_steps": teacher.num_steps,
-            "function_evals": teacher.function_evals(), "train_pairs": len(dataset),
-            "working_long_side": cfg.data.val_long_side,
-            "size_multiple": cfg.data.size_multiple})
+            "function_evals": teacher.function_evals(), "train_pairs": len(dataset)})
         print(f"teacher ({teacher.kind}, K={teacher.num_steps}) on validation: PSNR {metrics.get('psnr', 0):.2f} dB"
               f" vs identity {metrics.get('identity_psnr', 0):.2f} dB"
               f" (+{metrics.get('psnr', 0) - metrics.get('identity_psnr', 0):.2f} dB);"

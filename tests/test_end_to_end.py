@@ -22,18 +22,22 @@ def trained(tiny_data, tmp_path_factory):
 
 @pytest.mark.parametrize("lambda_adv", [0.0, 0.1])
 def test_distill_with_and_without_adversarial_term(trained, tmp_path, lambda_adv):
+    from core.models import load_model
     from distill.run import main as distill
-    from student import Student
 
     data, root = trained
     out = tmp_path / "student"
     metrics = distill(["--config", CONFIG, *tiny_overrides(data, root), "--output_dir", str(out),
                        f"distill.lambda_adv={lambda_adv}"])
     assert metrics["psnr"] > 0
-    student, codec, manifest = Student.from_pretrained(out)
+    student = load_model(out)
+    manifest = student.manifest
     assert manifest["lambda_adv"] == lambda_adv and manifest["step"] == 6
+    assert manifest["kind"] == "student" and manifest["class"] == "student.model:Student"
     z = torch.randn(1, 192, 8, 8)
-    assert student(z).shape == z.shape
+    assert student.predict(z).shape == z.shape
+    x = torch.rand(1, 3, 64, 64)
+    assert student(x).shape == x.shape and 0 <= student(x).min() and student(x).max() <= 1
     names = {p.name for p in (out / "checkpoint-6").iterdir()}
     assert {"model.safetensors", "model_1.safetensors", "optimizer.bin", "optimizer_1.bin"} <= names  # D saved too
 
@@ -137,7 +141,7 @@ def test_hypir_teacher_trains_saves_resumes_and_reloads(tiny_data, tmp_path):
     from diffusers import AutoencoderKL
     from safetensors.torch import load_file
 
-    from teacher import load_teacher
+    from core.models import load_model
     from teacher.train import main as train_teacher
     from tests.hypir_fixtures import tiny_sd_folder
 
@@ -154,10 +158,11 @@ def test_hypir_teacher_trains_saves_resumes_and_reloads(tiny_data, tmp_path):
     saved = load_file(run / "checkpoint-6" / "model.safetensors")
     assert saved and all("lora" in k for k in saved)  # the frozen 865M-parameter base is never copied
     assert (run / "model" / "pytorch_lora_weights.safetensors").is_file()
-    teacher, codec, _ = load_teacher(run)
+    teacher = load_model(run)
+    assert teacher.manifest["class"] == "teacher.hypir:HypirTeacher" and teacher.codec is not None
     z = torch.randn(1, 4, 8, 8)
-    again, _, _ = load_teacher(run / "model")
-    assert torch.equal(teacher.sample(z), again.sample(z))
+    again = load_model(run / "model")
+    assert torch.equal(teacher.predict(z), again.predict(z))
 
     # resume from checkpoint-3 into a fresh folder: the LoRA weights come back exactly
     import shutil

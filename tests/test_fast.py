@@ -50,7 +50,7 @@ def test_onnx_matches_eager_on_a_shape_it_was_not_exported_at(tmp_path):
 
 
 def test_export_cli_on_a_saved_student_folder(tmp_path):
-    tiny_student().save_pretrained(tmp_path / "model", codec={"kind": "pixel", "factor": 2}, manifest={})
+    tiny_student().save_pretrained(tmp_path / "model", manifest={"codec": {"kind": "pixel", "factor": 2}})
     out = tmp_path / "out" / "student.onnx"
     proc = subprocess.run([sys.executable, "-m", "student.export", "--model", str(tmp_path / "model"),
                            "--output", str(out), "--height", "32", "--width", "32"],
@@ -60,7 +60,7 @@ def test_export_cli_on_a_saved_student_folder(tmp_path):
 
 
 def test_export_cli_exits_1_when_onnx_exceeds_the_tolerance(tmp_path, monkeypatch, capsys):
-    tiny_student().save_pretrained(tmp_path / "model", codec={"kind": "pixel", "factor": 2}, manifest={})
+    tiny_student().save_pretrained(tmp_path / "model", manifest={"codec": {"kind": "pixel", "factor": 2}})
     monkeypatch.setattr(export_mod, "ONNX_ATOL", 0.0)  # fp32 reassociation is never exactly zero here
     code = export_mod.main(["--model", str(tmp_path / "model"), "--output", str(tmp_path / "s.onnx"),
                             "--height", "16", "--width", "16"])

@@ -113,12 +113,10 @@ def test_saved_lora_reloads_to_identical_samples(sd_folder, tmp_path, monkeypatc
         assert torch.equal(fresh.sample(z_in, num_steps=k), teacher.sample(z_in, num_steps=k))
     assert fresh.function_evals() == 2 and fresh.function_evals(4) == 4
 
-    # the project's own model folder (teacher/models.py) takes the same path
-    from teacher.models import load_teacher, save_teacher
-
-    save_teacher(teacher, tmp_path / "model", codec={"kind": "sd-vae"}, manifest={})
-    loaded, codec, _ = load_teacher(tmp_path / "model")
-    assert codec == {"kind": "sd-vae"}
+    # the project's own model folder (the protocol of core/models.py) takes the same path
+    teacher.save_pretrained(tmp_path / "model", manifest={"codec": {"kind": "sd-vae"}})
+    assert (tmp_path / "model" / "pytorch_lora_weights.safetensors").is_file()
+    loaded = HypirTeacher.from_pretrained(tmp_path / "model")
     assert torch.equal(loaded.sample(z_in), teacher.sample(z_in))
 
     state = load_safetensors(file)

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
+from core.models import load_model
 from lut.model import (
     AdaptiveLUT,
     apply_lut,
     identity_lut,
-    load_lut_pipeline,
     monotonicity_loss,
     tv_loss,
 )
@@ -89,9 +89,11 @@ def test_training_beats_identity_saves_and_reloads(tiny_data, tmp_path):
     assert "checkpoint-6" in checkpoints and len(checkpoints) <= 2  # demo.yaml keeps the last two
     assert json.loads((run / "model" / "config.json").read_text())["kind"] == "lut"
 
-    model, manifest = AdaptiveLUT.from_pretrained(run)
+    loaded = load_model(run)
+    model, manifest = loaded.net, loaded.manifest
     assert manifest["step"] == 8 and manifest["train_seconds"] > 0 and manifest["metrics"] == metrics
-    again, _ = AdaptiveLUT.from_pretrained(run / "model")
+    assert manifest["class"] == "lut.model:AdaptiveLUT" and loaded.codec is None and loaded.full_resolution
+    again = AdaptiveLUT.from_pretrained(run / "model")
     x = torch.rand(1, 3, 48, 40)
     with torch.no_grad():
         out = model(x)
@@ -109,8 +111,8 @@ def test_resume_matches_an_uninterrupted_run(tiny_data, tmp_path, capsys):
     capsys.readouterr()
     run_lut([*args, "--output_dir", str(tmp_path / "resumed"), "--resume_from_checkpoint", "latest"])
     assert "resuming from" in capsys.readouterr().out  # steps 4-6 only; a fresh run would also match
-    a, _ = AdaptiveLUT.from_pretrained(tmp_path / "straight")
-    b, _ = AdaptiveLUT.from_pretrained(tmp_path / "resumed")
+    a = AdaptiveLUT.from_pretrained(tmp_path / "straight")
+    b = AdaptiveLUT.from_pretrained(tmp_path / "resumed")
     for (name, pa), (_, pb) in zip(a.state_dict().items(), b.state_dict().items()):
         assert torch.equal(pa, pb), name
 
@@ -118,9 +120,9 @@ def test_resume_matches_an_uninterrupted_run(tiny_data, tmp_path, capsys):
 def test_pipeline_keeps_size_and_reports_its_timings(tmp_path):
     torch.manual_seed(0)
     AdaptiveLUT(**TINY).save_pretrained(tmp_path / "model", manifest={"step": 0})
-    make_pipe, manifest = load_lut_pipeline(tmp_path, "cpu")  # what eval/run.py calls
-    pipe = make_pipe(512)
-    assert manifest["step"] == 0
+    model = load_model(tmp_path, "cpu")  # what eval/run.py and student.enhance call
+    pipe = model.pipeline(512)  # the LUT's own full-resolution path: no working size, no transfer
+    assert model.manifest["step"] == 0 and model.function_evals() == 1
     rgb = np.random.default_rng(0).random((200, 300, 3), dtype=np.float32)
     out = pipe(rgb)
     assert out.shape == (200, 300, 3) and out.dtype == np.float32
@@ -136,5 +138,5 @@ def test_from_pretrained_refuses_another_kind_of_model(tmp_path):
     from core.checkpoint import CheckpointError, save_model_folder
 
     save_model_folder(tmp_path / "m", {"w": torch.zeros(1)}, config={"kind": "student", "arch": {}}, manifest={})
-    with pytest.raises(CheckpointError, match="not a LUT"):
+    with pytest.raises(CheckpointError, match="not a 'lut' one"):
         AdaptiveLUT.from_pretrained(tmp_path / "m")

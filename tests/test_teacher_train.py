@@ -23,16 +23,19 @@ def run_teacher(args, **kw):
 
 
 def test_teacher_trains_saves_and_reloads(tiny_data, tmp_path):
-    from teacher import load_teacher
+    from core.models import load_model
 
     metrics = run_teacher(tiny_overrides(tiny_data, tmp_path))
     assert metrics["psnr"] > 0 and metrics["identity_psnr"] > 0
     model_dir = tmp_path / "demo" / "teacher" / "model"
-    teacher, codec_cfg, manifest = load_teacher(model_dir.parent)
-    assert codec_cfg["kind"] == "pixel" and manifest["step"] == 6 and manifest["train_seconds"] > 0
+    teacher = load_model(model_dir.parent)
+    manifest = teacher.manifest
+    assert manifest["codec"]["kind"] == "pixel" and manifest["step"] == 6 and manifest["train_seconds"] > 0
+    assert manifest["class"] == "teacher.flow:FlowTeacher" and manifest["transfer"] == {"mode": "grid", "grid": 4}
     z = torch.randn(1, 192, 8, 8)
-    again, _, _ = load_teacher(model_dir)
-    assert torch.equal(teacher.sample(z), again.sample(z))  # deterministic sampler, same weights
+    again = load_model(model_dir)
+    assert torch.equal(teacher.predict(z), again.predict(z))  # deterministic sampler, same weights
+    assert not torch.equal(teacher.with_steps(1).predict(z), teacher.predict(z))  # K=1 is another walk
     assert (tmp_path / "demo" / "teacher" / "config.yaml").is_file()
     assert sorted(p.name for p in (tmp_path / "demo" / "teacher").glob("checkpoint-*")) == ["checkpoint-3",
                                                                                              "checkpoint-6"]
