@@ -10,12 +10,14 @@ and `load_torch_file` is `torch.load(..., weights_only=True)` for the rare unavo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
 import shutil
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 
 import torch
@@ -30,19 +32,43 @@ class CheckpointError(ValueError):
     """A model folder that cannot be read, with the path and the fix."""
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+@contextlib.contextmanager
+def atomic_path(path: str | Path):
+    """A temporary file beside `path` to write; renamed onto `path` when the block ends, removed
+    if it raises. The one atomic write: bytes, JSON, safetensors and ZIPs all go through it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        yield Path(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def atomic_write_zip(path: str | Path, files: list[tuple[Path, str]], extra: dict[str, bytes] | None = None,
+                     compress: bool = True) -> Path:
+    """A ZIP of `files` ((file, name in the archive)) plus `extra` ({name: bytes}), written
+    atomically and readable by all (it is meant to be handed on). compress=False stores the
+    files as they are (PNG and JPEG are compressed already)."""
+    method = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
+    with atomic_path(path) as tmp:
+        with zipfile.ZipFile(tmp, "w", method) as z:
+            for src, name in files:
+                z.write(src, arcname=name)
+            for name, data in (extra or {}).items():
+                z.writestr(name, data)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private
+    return Path(path)
 
 
 def atomic_write_json(path: str | Path, obj) -> None:
@@ -51,17 +77,9 @@ def atomic_write_json(path: str | Path, obj) -> None:
 
 def save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict | None = None) -> None:
     """Atomic safetensors write; tensors are made contiguous and moved to the CPU."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        clean = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-        save_file(clean, tmp, metadata={k: str(v) for k, v in (metadata or {}).items()})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    clean = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(clean, str(tmp), metadata={k: str(v) for k, v in (metadata or {}).items()})
 
 
 def load_safetensors(path: str | Path, device: str = "cpu") -> dict[str, torch.Tensor]:

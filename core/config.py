@@ -155,7 +155,7 @@ class EvalConfig:
     # how a model's working-size edit reaches full size: written into each model folder's manifest
     # when it is trained; eval and student.enhance read it from there
     transfer: str = "grid"  # grid | none
-    transfer_grid: int = 32
+    transfer_grid: int = 32  # chosen on FiveK expert C (a perfect edit at 1/4 size, transferred back)
     quality_weight: float = 0.7
     efficiency_weight: float = 0.3
     psnr_floor_db: float = 10.0  # quality = clip((psnr - floor) / (ceil - floor), 0, 1)
@@ -182,7 +182,6 @@ class TrainConfig:
     validation_steps: int = 200
     report_to: str = "tensorboard"  # tensorboard | wandb | none
     max_nonfinite_steps: int = 10  # stop after this many skipped steps in a row
-    num_workers: int = 0
     log_every: int = 10
 
 

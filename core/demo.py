@@ -173,12 +173,6 @@ def random_crop(photo: Image.Image, long_side: int, rng: np.random.Generator):
     return np.asarray(crop), [round(v, 2) for v in box]
 
 
-def psnr_db(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR of two uint8 images (H, W, 3), in dB."""
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float(10 * np.log10(255.0 ** 2 / max(mse, 1e-10)))
-
-
 def _split(val_photos) -> tuple[list, list]:
     unknown = [p for p in val_photos if p not in PHOTOS]
     if unknown:
@@ -225,6 +219,8 @@ def build_demo_dataset(out_dir, *, seed: int = 0, long_side: int = 256,
     Summary: counts, photos, mean identity PSNR (input as output, dB) and mean luma per split,
     build_seconds, rebuilt (False when it was up to date), out_dir, demo_json, paths.
     """
+    from core.images import psnr_db, to_tensor  # imported here: `core.demo` itself stays free of torch
+
     if long_side < 16 or long_side % 16:
         raise ValueError(f"long_side={long_side} must be a positive multiple of 16 (e.g. 256)")
     if variants_per_photo < 1 or val_variants_per_photo < 1:
@@ -259,7 +255,7 @@ def build_demo_dataset(out_dir, *, seed: int = 0, long_side: int = 256,
                     stem = f"{name}_{variant:03d}"
                     Image.fromarray(inp).save(tmp / split / "input" / f"{stem}.png")
                     Image.fromarray(target).save(tmp / split / "target" / f"{stem}.png")
-                    psnr = psnr_db(inp, target)
+                    psnr = psnr_db(to_tensor(inp / 255.0), to_tensor(target / 255.0))
                     stats[split].append((psnr, float((inp / 255.0 @ LUMA).mean()),
                                          float((target / 255.0 @ LUMA).mean())))
                     pairs.append({"name": stem, "split": split, "photo": name, "seed": int(seed),

@@ -378,14 +378,34 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def to_tensor(rgb: np.ndarray) -> torch.Tensor:
-    """(H, W, 3) array -> (3, H, W) float32 tensor."""
+def to_tensor(rgb: np.ndarray, view: bool = False) -> torch.Tensor:
+    """(H, W, 3) array -> (3, H, W) float32 tensor (values as they are: uint8 stays 0..255).
+
+    view=False: a packed (3, H, W) copy. view=True: the array's own memory where it is float32
+    (channels-last strides, no copy): what a full-resolution photo wants, 24 MP being 288 MB.
+    """
+    if view:
+        return torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32)).permute(2, 0, 1)
     return torch.from_numpy(np.ascontiguousarray(np.asarray(rgb, np.float32).transpose(2, 0, 1)))
 
 
 def to_numpy(t: torch.Tensor) -> np.ndarray:
     """(3, H, W) tensor -> (H, W, 3) float32 array."""
     return np.ascontiguousarray(t.detach().float().cpu().permute(1, 2, 0).numpy())
+
+
+PSNR_CAP_DB = 100.0  # identical images have infinite PSNR: reported as 100 dB so that means stay finite
+
+
+def psnr_db(pred: torch.Tensor, target: torch.Tensor) -> float:
+    """PSNR in dB (data range 1) of (3, H, W) or (B, 3, H, W) images in [0, 1]: the mean over a
+    batch of each image's PSNR, capped at PSNR_CAP_DB. torchmetrics' formula, 10 log10(1 / MSE)."""
+    from torchmetrics.functional.image import peak_signal_noise_ratio
+
+    pred, target = (pred[None], target[None]) if pred.ndim == 3 else (pred, target)
+    per_image = peak_signal_noise_ratio(pred.float(), target.float().to(pred.device), data_range=1.0,
+                                        dim=(1, 2, 3), reduction="none")
+    return float(per_image.clamp(max=PSNR_CAP_DB).mean())
 
 
 def resize(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -16,7 +16,7 @@ import torch
 from core.checkpoint import load_safetensors, save_safetensors
 from core.codecs import Codec
 from core.data import PairSource, fit_long_side
-from core.images import resize
+from core.images import resize, to_tensor
 
 
 def load_pair_tensors(source: PairSource, i: int, long_side: int, multiple: int):
@@ -26,8 +26,7 @@ def load_pair_tensors(source: PairSource, i: int, long_side: int, multiple: int)
     h2, w2 = fit_long_side(h, w, long_side or max(h, w), multiple)
     if (h2, w2) != (h, w):
         inp, tgt = resize(inp, (w2, h2)), resize(tgt, (w2, h2))
-    to_t = lambda a: torch.from_numpy(a).permute(2, 0, 1).contiguous().float()  # noqa: E731
-    return to_t(inp), to_t(tgt)
+    return to_tensor(inp), to_tensor(tgt)
 
 
 @torch.no_grad()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import math
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -11,6 +11,7 @@ import torch
 
 from core.config import Config, save_config
 from core.data import PairSource
+from core.images import psnr_db
 from core.latents import LatentPairDataset, load_val_set
 
 
@@ -43,12 +44,6 @@ def latent_dataset(cfg: Config, source: PairSource, codec, accelerator) -> Laten
     if ds is None:
         ds = LatentPairDataset(source, codec, show_progress=False, **kw)
     return ds
-
-
-def psnr_db(pred: torch.Tensor, target: torch.Tensor) -> float:
-    """PSNR of two (3, H, W) images in [0, 1]; capped at 100 dB for identical images."""
-    mse = torch.mean((pred.float().clamp(0, 1) - target.float()) ** 2).item()
-    return 100.0 if mse <= 1e-10 else 10 * math.log10(1.0 / mse)
 
 
 def save_grid(rows: list[list[torch.Tensor]], path: Path) -> None:
@@ -100,6 +95,39 @@ def finish(accelerator, model, result: dict, validate: Callable):
     if result["ema"] is not None:
         result["ema"].store_and_copy_to(unwrapped)
     return unwrapped, validate(result["step"], True)
+
+
+def train_and_save(accelerator, cfg: Config, args, *, stage: str, phases: list, dataset, total_steps: int,
+                   out_dir: Path, model, validate: Callable, description: str, codec: dict | None,
+                   wall_start: float, label: str, manifest: dict | None = None,
+                   tracker: str | None = None) -> dict:
+    """The end every training stage shares: trackers, `core.trainer.train` (EMA on `model`), then on
+    the main process the EMA weights validated and saved to {out_dir}/model with a manifest
+    ({"stage", serving_manifest(cfg, codec), step, times, metrics, final_loss, **manifest}) and a
+    line saying what `label` reached; the trackers end.
+
+    `tracker`: the TensorBoard / W&B project name (default: `stage`). Returns the validation metrics
+    ({} on the other processes)."""
+    from core.models import serving_manifest
+    from core.trainer import train
+
+    accelerator.init_trackers(tracker or stage, config=tracker_config(cfg))
+    result = train(accelerator, cfg.train, phases=phases, dataset=dataset, total_steps=total_steps,
+                   seed=cfg.experiment.seed, output_dir=out_dir, ema_module=model, validate=validate,
+                   resume=args.resume_from_checkpoint, description=description)
+    metrics = {}
+    if accelerator.is_main_process:
+        unwrapped, metrics = finish(accelerator, model, result, validate)
+        unwrapped.save_pretrained(out_dir / "model", manifest={
+            "stage": stage, **serving_manifest(cfg, codec), "step": result["step"],
+            "train_seconds": result["train_seconds"], "wall_seconds": time.time() - wall_start,
+            "metrics": metrics, "final_loss": result["last_logs"].get("loss"), "train_pairs": len(dataset),
+            **(manifest or {})})
+        psnr, ident = metrics.get("psnr", 0.0), metrics.get("identity_psnr", 0.0)
+        print(f"{label} on validation: PSNR {psnr:.2f} dB vs identity {ident:.2f} dB (+{psnr - ident:.2f} dB) "
+              f"after {result['train_seconds']:.0f} s of training; model saved to {out_dir / 'model'}")
+    accelerator.end_training()
+    return metrics
 
 
 def write_run_config(cfg: Config, out_dir: Path, accelerator) -> None:

@@ -16,9 +16,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from core.config import EvalConfig
+from core.images import to_tensor
+
 TRANSFER_MODES = ("grid", "none")
-# Chosen on FiveK expert C (perfect edit at 1/4 size, transferred back): see tests/test_transfer.py.
-DEFAULT_GRID = 32
+DEFAULT_GRID = EvalConfig.transfer_grid  # the config's default (eval.transfer_grid), written once there
 DEFAULT_EPS = 1e-4
 BAND_ROWS = 32  # small bands stay in cache: 24 MP applies ~2.5x faster than with 512
 
@@ -157,7 +159,7 @@ def _to_bchw(name: str, a: np.ndarray) -> torch.Tensor:
     if a.ndim != 3 or a.shape[2] != 3:
         raise ValueError(f"core/transfer.py: {name} has shape {a.shape}; expected (H, W, 3)")
     a = a.astype(np.float32) / 255.0 if a.dtype == np.uint8 else a.astype(np.float32)
-    return torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)[None]
+    return to_tensor(a, view=True)[None]
 
 
 def transfer_edit_np(full_rgb: np.ndarray, lo_in: np.ndarray, lo_out: np.ndarray,

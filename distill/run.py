@@ -17,29 +17,19 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from any folder
+import torch
 
-import torch  # noqa: E402
-
-from core.checkpoint import resolve_model_dir  # noqa: E402
-from core.cli import load_stage_config, stage_parser  # noqa: E402
-from core.models import LoadedModel, load_model, serving_manifest  # noqa: E402
-from core.stage import (  # noqa: E402
-    finish,
-    latent_dataset,
-    make_validator,
-    open_sources,
-    tracker_config,
-    write_run_config,
-)
-from core.trainer import Phase, make_accelerator, make_optimizer, train  # noqa: E402
-from distill.discriminators import build_discriminator  # noqa: E402
-from distill.losses import distill_loss, gan_d_loss, gan_g_loss, r1_penalty  # noqa: E402
-from student import Student  # noqa: E402
+from core.checkpoint import resolve_model_dir
+from core.cli import load_stage_config, stage_parser
+from core.models import LoadedModel, load_model
+from core.stage import latent_dataset, make_validator, open_sources, train_and_save, write_run_config
+from core.trainer import Phase, make_accelerator, make_optimizer
+from distill.discriminators import build_discriminator
+from distill.losses import distill_loss, gan_d_loss, gan_g_loss, r1_penalty
+from student import Student
 
 
 def teacher_cache_key(teacher_dir: Path, num_steps: int) -> str:
@@ -50,50 +40,23 @@ def teacher_cache_key(teacher_dir: Path, num_steps: int) -> str:
     return f"teacher-{h.hexdigest()[:12]}-k{num_steps}"
 
 
-def main(argv=None) -> dict:
-    parser = stage_parser("Stage two: distill the teacher into a one-step student.")
-    parser.add_argument("--teacher", default=None, help="teacher run or model folder (default: the config's)")
-    args = parser.parse_intermixed_args(argv)
-    cfg = load_stage_config(args)
-    d = cfg.distill
-    out_dir = Path(args.output_dir) if args.output_dir else cfg.run_dir(d.output_name)
-    total_steps = args.max_train_steps or d.train_steps
-    accelerator = make_accelerator(cfg.train, out_dir, cfg.experiment.seed)
-    write_run_config(cfg, out_dir, accelerator)
-    wall_start = time.time()
-
-    # teacher and its codec (the student works in the teacher's latent space)
-    teacher_dir = resolve_model_dir(args.teacher or cfg.run_dir("teacher"))
-    teacher = load_model(teacher_dir, accelerator.device)
-    teacher.net.requires_grad_(False)
-    codec, codec_cfg, teacher_manifest = teacher.codec, teacher.manifest["codec"], teacher.manifest
-
-    # data: cached latents plus the teacher's K-step outputs for each of them
-    train_src, val_src = open_sources(cfg, accelerator)
-    dataset = latent_dataset(cfg, train_src, codec, accelerator)
-    cache = Path(cfg.experiment.output_root) / "cache" / "teacher" if d.cache_teacher else None
+def add_teacher_targets(cfg, dataset, teacher, teacher_dir: Path, accelerator) -> None:
+    """The teacher's K-step output for every training latent, as `z_teacher` in each batch: the
+    teacher is deterministic, so the targets are computed once (main process first) and cached."""
+    if not cfg.distill.cache_teacher:
+        return  # computed per batch instead (teacher_target below)
+    cache = Path(cfg.experiment.output_root) / "cache" / "teacher"
+    key = teacher_cache_key(teacher_dir, teacher.net.num_steps)
     sample = lambda z: teacher.predict(z.to(accelerator.device))  # noqa: E731
-    if cache is not None:  # deterministic teacher: targets computed once, on the main process first
-        key = teacher_cache_key(teacher_dir, teacher.net.num_steps)
-        if accelerator.is_main_process:
-            dataset.add_target("z_teacher", sample, cache, key)
-        accelerator.wait_for_everyone()
-        if not accelerator.is_main_process:
-            dataset.add_target("z_teacher", sample, cache, key, show_progress=False)
+    if accelerator.is_main_process:
+        dataset.add_target("z_teacher", sample, cache, key)
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        dataset.add_target("z_teacher", sample, cache, key, show_progress=False)
 
-    # student, discriminator, optimisers
-    torch.manual_seed(cfg.experiment.seed)
-    student = Student.from_config(cfg.student, codec.channels, teacher=teacher.net)
-    # only the UNet discriminator trains a copy of the flow teacher's encoder; the others need none
-    unet_disc = d.discriminator.kind == "unet" and teacher.kind == "flow"
-    disc = build_discriminator(d.discriminator, codec.channels, decode=codec.decode,
-                               teacher_unet=copy.deepcopy(teacher.net.net) if unet_disc else None,
-                               unet_timestep=getattr(teacher.net, "t_scale", 1000.0))
-    disc = disc.to(accelerator.device)
-    d_real_label = disc.real_label  # 0.8 for the OpenCLIP heads (label smoothing), else 1
-    opt_g, sched_g = make_optimizer(student.parameters(), d.learning_rate, cfg.train, total_steps)
-    opt_d, sched_d = make_optimizer(disc.trainable_parameters(), d.disc_learning_rate, cfg.train, total_steps)
-    student_p, disc_p, opt_g, opt_d = accelerator.prepare(student, disc, opt_g, opt_d)
+
+def losses(d, accelerator, teacher, student_p, disc_p, real_label: float):
+    """(disc_loss, student_loss), each `(batch, step) -> (loss, logs)`: the equations at the top."""
     adversarial = lambda step: d.lambda_adv > 0 and step >= d.adv_warmup_steps  # noqa: E731
 
     def teacher_target(batch):
@@ -105,7 +68,7 @@ def main(argv=None) -> dict:
             fake = student_p(z_in)
         real = real.detach().requires_grad_(d.r1_gamma > 0)
         real_logits = disc_p(real, z_in)
-        loss = gan_d_loss(d.gan_loss, real_logits, disc_p(fake.detach(), z_in), real_label=d_real_label)
+        loss = gan_d_loss(d.gan_loss, real_logits, disc_p(fake.detach(), z_in), real_label=real_label)
         parts = {"loss_d": loss.detach()}
         if d.r1_gamma > 0:
             r1 = r1_penalty(real_logits, real)
@@ -134,29 +97,58 @@ def main(argv=None) -> dict:
             parts["loss_adv"] = l_adv.detach()
         return loss, parts
 
+    return adversarial, disc_loss, student_loss
+
+
+def main(argv=None) -> dict:
+    parser = stage_parser("Stage two: distill the teacher into a one-step student.")
+    parser.add_argument("--teacher", default=None, help="teacher run or model folder (default: the config's)")
+    args = parser.parse_intermixed_args(argv)
+    cfg = load_stage_config(args)
+    d = cfg.distill
+    out_dir = Path(args.output_dir) if args.output_dir else cfg.run_dir(d.output_name)
+    total_steps = args.max_train_steps or d.train_steps
+    accelerator = make_accelerator(cfg.train, out_dir, cfg.experiment.seed)
+    write_run_config(cfg, out_dir, accelerator)
+    wall_start = time.time()
+
+    # teacher and its codec (the student works in the teacher's latent space)
+    teacher_dir = resolve_model_dir(args.teacher or cfg.run_dir("teacher"))
+    teacher = load_model(teacher_dir, accelerator.device)
+    teacher.net.requires_grad_(False)
+    codec = teacher.codec
+
+    # data: cached latents plus the teacher's K-step outputs for each of them
+    train_src, val_src = open_sources(cfg, accelerator)
+    dataset = latent_dataset(cfg, train_src, codec, accelerator)
+    add_teacher_targets(cfg, dataset, teacher, teacher_dir, accelerator)
+
+    # student, discriminator, optimisers
+    torch.manual_seed(cfg.experiment.seed)
+    student = Student.from_config(cfg.student, codec.channels, teacher=teacher.net)
+    # only the UNet discriminator trains a copy of the flow teacher's encoder; the others need none
+    unet_disc = d.discriminator.kind == "unet" and teacher.kind == "flow"
+    disc = build_discriminator(d.discriminator, codec.channels, decode=codec.decode,
+                               teacher_unet=copy.deepcopy(teacher.net.net) if unet_disc else None,
+                               unet_timestep=getattr(teacher.net, "t_scale", 1000.0)).to(accelerator.device)
+    opt_g, sched_g = make_optimizer(student.parameters(), d.learning_rate, cfg.train, total_steps)
+    opt_d, sched_d = make_optimizer(disc.trainable_parameters(), d.disc_learning_rate, cfg.train, total_steps)
+    student_p, disc_p, opt_g, opt_d = accelerator.prepare(student, disc, opt_g, opt_d)
+    # real label 0.8 for the OpenCLIP heads (label smoothing), else 1
+    adversarial, disc_loss, student_loss = losses(d, accelerator, teacher, student_p, disc_p, disc.real_label)
+
     phases = [Phase("disc", disc_p, opt_d, sched_d, disc_loss, active=adversarial),
               Phase("student", student_p, opt_g, sched_g, student_loss)]
     validate = make_validator(cfg, accelerator, val_src, LoadedModel(student, {}, codec, accelerator.device),
                               out_dir)
-    accelerator.init_trackers("distill", config=tracker_config(cfg))
-    result = train(accelerator, cfg.train, phases=phases, dataset=dataset, total_steps=total_steps,
-                   seed=cfg.experiment.seed, output_dir=out_dir, ema_module=student_p, validate=validate,
-                   resume=args.resume_from_checkpoint, description="distill")
-
-    metrics = {}
-    if accelerator.is_main_process:
-        unwrapped, metrics = finish(accelerator, student_p, result, validate)
-        unwrapped.save_pretrained(out_dir / "model", manifest={
-            "stage": "student", **serving_manifest(cfg, codec=codec_cfg), "step": result["step"],
-            "train_seconds": result["train_seconds"],
-            "wall_seconds": time.time() - wall_start, "metrics": metrics, "teacher": str(teacher_dir),
-            "teacher_metrics": teacher_manifest.get("metrics", {}), "function_evals": 1,
-            "lambda_adv": d.lambda_adv, "discriminator": d.discriminator.kind})
-        print(f"student (1 step) on validation: PSNR {metrics.get('psnr', 0):.2f} dB; teacher "
-              f"(K={teacher.net.num_steps}) {teacher_manifest.get('metrics', {}).get('psnr', float('nan')):.2f} dB; "
-              f"identity {metrics.get('identity_psnr', 0):.2f} dB; model saved to {out_dir / 'model'}")
-    accelerator.end_training()
-    return metrics
+    teacher_psnr = teacher.manifest.get("metrics", {}).get("psnr", float("nan"))
+    return train_and_save(
+        accelerator, cfg, args, stage="student", phases=phases, dataset=dataset, total_steps=total_steps,
+        out_dir=out_dir, model=student_p, validate=validate, description="distill", tracker="distill",
+        codec=teacher.manifest["codec"], wall_start=wall_start,
+        label=f"student (1 step; teacher K={teacher.net.num_steps}: {teacher_psnr:.2f} dB)", manifest={
+            "teacher": str(teacher_dir), "teacher_metrics": teacher.manifest.get("metrics", {}),
+            "function_evals": 1, "lambda_adv": d.lambda_adv, "discriminator": d.discriminator.kind})
 
 
 if __name__ == "__main__":

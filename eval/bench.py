@@ -16,17 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from core.config import load_config  # noqa: E402
-from core.models import load_model  # noqa: E402
-from eval.throughput import device_name, peak_memory_mib, reset_peak_memory, time_calls  # noqa: E402
+from core.config import load_config
+from core.models import load_model
+from eval.throughput import device_name, measure_pipe
 
 
 def bench_rows(cfg, device, fast_paths: bool = True) -> list[dict]:
@@ -83,10 +80,7 @@ def main(argv=None) -> dict:
         for row in rows:
             # square: the model runs at this size (no transfer needed); photo: the submission's whole path
             pipe = row["make_pipe"](max(w, h), "none") if square else row["make_pipe"](cfg.data.val_long_side)
-            reset_peak_memory(device)
-            stats = time_calls(lambda pipe=pipe: pipe(img), warmup=1, repeats=args.repeats,
-                               max_seconds=args.max_seconds)
-            entry = {**stats, "images_per_s": 1000.0 / stats["p50_ms"], "peak_mem_mib": peak_memory_mib(device)}
+            entry = measure_pipe(pipe, img, device, warmup=1, repeats=args.repeats, max_seconds=args.max_seconds)
             results["rows"].setdefault(row["name"], {})[size] = entry
             print(f"{row['name']:<34} {size:>10} {entry['p50_ms']:>10.1f} {entry['images_per_s']:>8.2f} "
                   f"{entry['peak_mem_mib']:>9.0f}", flush=True)

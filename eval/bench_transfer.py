@@ -8,36 +8,12 @@ then applies it to the full-size image; prints fit and apply time and MP/s of th
 from __future__ import annotations
 
 import argparse
-import platform
-import time
 
 import torch
 import torch.nn.functional as F
 
 from core.transfer import DEFAULT_EPS, DEFAULT_GRID, apply_affine_grid, fit_affine_grid
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _timed(fn, device: torch.device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    result = fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return result, time.perf_counter() - start
+from eval.throughput import device_name, time_calls
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -63,22 +39,19 @@ def main(argv: list[str] | None = None) -> dict:
     white_balance = torch.tensor([1.05, 1.0, 0.92], device=device)[:, None, None]
     lo_out = (lo_in ** 0.8 * white_balance).clamp(0, 1)
 
-    fit_s, apply_s = [], []
-    for _ in range(args.repeats + 1):  # the first round is warm-up
-        coeffs, t_fit = _timed(lambda: fit_affine_grid(lo_in, lo_out, args.grid, args.eps), device)
-        _, t_apply = _timed(lambda c=coeffs: apply_affine_grid(full_in, c), device)
-        fit_s.append(t_fit)
-        apply_s.append(t_apply)
-    fit_ms = 1000 * min(fit_s[1:])
-    apply_ms = 1000 * min(apply_s[1:])
+    coeffs = fit_affine_grid(lo_in, lo_out, args.grid, args.eps)
+    never = float("inf")  # every repeat runs: the figure is the best of them
+    fit_ms = time_calls(lambda: fit_affine_grid(lo_in, lo_out, args.grid, args.eps), warmup=1,
+                        repeats=args.repeats, max_seconds=never)["min_ms"]
+    apply_ms = time_calls(lambda: apply_affine_grid(full_in, coeffs), warmup=1, repeats=args.repeats,
+                          max_seconds=never)["min_ms"]
     mpix = width * height / 1e6
     result = {"size": f"{width}x{height}", "working": f"{work[1]}x{work[0]}", "grid": args.grid,
               "fit_ms": fit_ms, "apply_ms": apply_ms,
               "mp_per_s": mpix / ((fit_ms + apply_ms) / 1000),
               "threads": torch.get_num_threads(), "device": device_name(device)}
     print(f"transfer {result['size']} ({mpix:.1f} MP), working {result['working']}, "
-          f"grid {args.grid}, best of {args.repeats} on {result['device']} "
-          f"({result['threads']} torch threads)")
+          f"grid {args.grid}, best of {args.repeats} on {result['device']}")
     print(f"  fit   {fit_ms:8.1f} ms\n  apply {apply_ms:8.1f} ms\n"
           f"  total {fit_ms + apply_ms:8.1f} ms = {result['mp_per_s']:.1f} MP/s")
     return result

@@ -13,13 +13,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 from skimage.color import deltaE_ciede2000, rgb2lab
-from torchmetrics.functional.image import (
-    peak_signal_noise_ratio,
-    structural_similarity_index_measure,
-)
+from torchmetrics.functional.image import structural_similarity_index_measure
 
-# Identical images have infinite PSNR; we report 100 dB instead so means stay finite.
-PSNR_CAP_DB = 100.0
+from core.images import PSNR_CAP_DB, psnr_db, to_tensor
+
 # rgb2lab works in float64 with several temporaries: bands of rows keep 24 MP within memory.
 _LAB_BAND_ROWS = 256
 
@@ -31,7 +28,7 @@ def to_bchw(x: torch.Tensor | np.ndarray) -> torch.Tensor:
             raise ValueError(f"eval/metrics.py: numpy image has shape {x.shape}; "
                              "expected (H, W, 3)")
         x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
-        return torch.from_numpy(np.ascontiguousarray(x)).permute(2, 0, 1)[None]
+        return to_tensor(x, view=True)[None]
     if x.ndim == 3:
         x = x[None]
     if x.ndim != 4 or x.shape[1] != 3:
@@ -50,10 +47,7 @@ def _pair(pred, target) -> tuple[torch.Tensor, torch.Tensor]:
 
 def psnr(pred, target) -> float:
     """PSNR in dB (data_range 1), capped at PSNR_CAP_DB; a batch gives the mean per image."""
-    pred, target = _pair(pred, target)
-    per_image = peak_signal_noise_ratio(pred, target, data_range=1.0, dim=(1, 2, 3),
-                                        reduction="none")
-    return float(per_image.clamp(max=PSNR_CAP_DB).mean())
+    return psnr_db(*_pair(pred, target))
 
 
 def ssim(pred, target) -> float:

@@ -14,13 +14,11 @@ import html
 import json
 import math
 import os
-import tempfile
 import time
-import zipfile
 from pathlib import Path
 from urllib.parse import quote
 
-from core.checkpoint import atomic_write_bytes
+from core.checkpoint import atomic_write_bytes, atomic_write_zip
 
 KIND_STYLE = {  # kind -> (marker, colour, legend label)
     "baseline": ("s", "#7f7f7f", "baseline"),
@@ -467,25 +465,14 @@ def write_submission(report: dict, out_dir: Path) -> Path:
     src, sel_file = out_dir / "images" / chosen["slug"], out_dir / "selection.json"
     sel_bytes = (sel_file.read_bytes() if sel_file.is_file()
                  else (json.dumps(report["selection"], indent=2, default=str) + "\n").encode())
-    path = out_dir / "submission.zip"
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".submission.", suffix=".zip.tmp")
-    os.close(fd)
-    try:
-        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as z:  # PNGs are compressed already
-            for name in report.get("image_names") or []:
-                f = src / f"{name}.png"
-                if not f.is_file():
-                    raise FileNotFoundError(
-                        f"eval/report.py: {f} is missing: the chosen row '{chosen['name']}' has "
-                        f"no output for photo '{name}'; re-run eval/run.py")
-                z.write(f, arcname=f"{name}.png")
-            z.writestr("selection.json", sel_bytes)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; the ZIP is meant to be handed on
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    files = []
+    for name in report.get("image_names") or []:
+        f = src / f"{name}.png"
+        if not f.is_file():
+            raise FileNotFoundError(f"eval/report.py: {f} is missing: the chosen row '{chosen['name']}' has "
+                                    f"no output for photo '{name}'; re-run eval/run.py")
+        files.append((f, f"{name}.png"))
+    return atomic_write_zip(out_dir / "submission.zip", files, {"selection.json": sel_bytes}, compress=False)
 
 
 def write_report(report: dict, out_dir: Path, val_source, cfg) -> None:

@@ -16,76 +16,17 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from any folder
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from core.checkpoint import atomic_write_json  # noqa: E402
-from core.config import ConfigError, load_config  # noqa: E402
-from core.data import PairSource  # noqa: E402
-from core.images import save_image  # noqa: E402
-from eval.metrics import LPIPSMetric, evaluate_pair, summarize  # noqa: E402
-from eval.report import write_report  # noqa: E402
-from eval.rows import load_models  # noqa: E402
-from eval.score import score_rows  # noqa: E402
-from eval.throughput import device_name, peak_memory_mib, reset_peak_memory, time_calls  # noqa: E402
-
-
-def square_input(rgb: np.ndarray, w: int, h: int | None = None) -> np.ndarray:
-    from core.images import resize
-
-    return resize(rgb, (w, h or w))
-
-
-def measure_input(res: str, photo: np.ndarray, working_long_side: int) -> tuple[np.ndarray, int]:
-    """(image, working long side) for a resolution key of `eval.resolutions`:
-    "N": an NxN image with the model run AT N (the transfer still runs, as a guided filter);
-    "native": the evaluation photo through the submission path (model at the working size + transfer);
-    "photo-N" / "photo-WxH": an image of that size through the submission path (what a user's 1 MP or
-    24 MP photo costs)."""
-    if res == "native":
-        return photo, working_long_side
-    if res.startswith("photo-"):
-        w, _, h = res[len("photo-"):].partition("x")
-        return square_input(photo, int(w), int(h or w)), working_long_side
-    return square_input(photo, int(res)), int(res)
-
-
-def measure_row(row, cfg, photo: np.ndarray, device) -> dict:
-    """Latency of the whole path (codec + model + transfer) per resolution, with its parts apart."""
-    e = cfg.eval
-    out = {}
-    for res in e.resolutions:
-        img, long_side = measure_input(res, photo, cfg.data.val_long_side)
-        pipe = row["make_pipe"](long_side)
-        reset_peak_memory(device)
-        parts = []
-
-        def run():
-            pipe(img)
-            parts.append(dict(pipe.timings))
-        stats = time_calls(run, warmup=e.warmup, repeats=e.repeats, max_seconds=e.max_seconds_per_measure)
-        timed = parts[e.warmup:] or parts
-        entry = {"size": f"{img.shape[1]}x{img.shape[0]}", "working_size": None, **stats,
-                 "images_per_s": 1000.0 / stats["p50_ms"], "peak_mem_mib": peak_memory_mib(device)}
-        for key in ("resize_ms", "encode_ms", "model_ms", "decode_ms", "transfer_ms"):
-            entry[key] = float(np.median([p[key] for p in timed]))
-        lo = pipe.working_copy(img)
-        entry["working_size"] = f"{lo.shape[1]}x{lo.shape[0]}"
-        # best batch at the working size (model path only: the transfer is per photo)
-        if row.get("has_model", True) and res.isdigit():
-            best = None
-            for b in e.batch_sizes:
-                x = torch.from_numpy(np.ascontiguousarray(lo)).permute(2, 0, 1)[None].repeat(b, 1, 1, 1).float()
-                s = time_calls(lambda x=x: pipe.edit_working(x), warmup=1 if b > 1 else 0, repeats=2,
-                               max_seconds=e.max_seconds_per_measure)
-                ips = b * 1000.0 / s["p50_ms"]
-                if best is None or ips > best["images_per_s"]:
-                    best = {"batch": b, "images_per_s": ips}
-            entry["best_batch"] = best
-        out[res] = entry
-    return out
+from core.checkpoint import atomic_write_json
+from core.config import ConfigError, load_config
+from core.data import PairSource
+from core.images import save_image
+from eval.metrics import LPIPSMetric, evaluate_pair, summarize
+from eval.report import write_report
+from eval.rows import load_models
+from eval.score import score_rows
+from eval.throughput import device_name, measure_row
 
 
 def main(argv=None) -> dict:

@@ -20,15 +20,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core.images import ImageError, list_photos, load_image, save_image
+from core.images import ImageError, list_photos, load_image, save_image, to_numpy, to_tensor
 from lut.cube import CubeError, CubeLUT, apply_cube, read_cube
 
 
 @torch.no_grad()
 def grade(cube: CubeLUT, rgb: np.ndarray, device: str | torch.device = "cpu") -> np.ndarray:
     """(H, W, 3) float in [0, 1] -> (H, W, 3) float32 in [0, 1], every pixel through the LUT."""
-    x = torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32)).to(device).permute(2, 0, 1)[None]
-    return apply_cube(cube, x).clamp_(0, 1)[0].permute(1, 2, 0).cpu().numpy()
+    x = to_tensor(rgb, view=True).to(device)[None]  # a view: the look-up reads the pixels in place
+    return to_numpy(apply_cube(cube, x).clamp_(0, 1)[0])
 
 
 def main(argv=None) -> int:

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.images import to_numpy, to_tensor
 from core.models import ModelFolder
 
 BAND_PIXELS = 1 << 21  # pixels per grid_sample call at full resolution: ~50 MB of temporaries
@@ -157,8 +158,7 @@ class LUTPipeline:
     @torch.no_grad()
     def working_copy(self, rgb: np.ndarray) -> np.ndarray:
         """(H, W, 3) in [0, 1] -> the CNN's input, (cnn_size, cnn_size, 3)."""
-        x = torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32)).permute(2, 0, 1)[None]
-        return self.model.cnn_input(x)[0].permute(1, 2, 0).numpy().copy()
+        return to_numpy(self.model.cnn_input(to_tensor(rgb, view=True)[None])[0])
 
     @torch.no_grad()
     def edit_working(self, x: torch.Tensor) -> torch.Tensor:
@@ -169,13 +169,12 @@ class LUTPipeline:
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         """(H, W, 3) float in [0, 1] -> (H, W, 3) float32 in [0, 1], every pixel through the LUT."""
         t0 = self._now()
-        full = torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32)).to(self.device)
-        x = full.permute(2, 0, 1)[None]  # a view: the look-up reads the pixels in place
+        x = to_tensor(rgb, view=True).to(self.device)[None]  # a view: the look-up reads the pixels in place
         small = self.model.cnn_input(x)
         t1 = self._now()
         lut, _ = self.model.mix(small)
         t2 = self._now()
-        out = apply_lut(lut, x, self.band_pixels).clamp_(0, 1)[0].permute(1, 2, 0).cpu().numpy()
+        out = to_numpy(apply_lut(lut, x, self.band_pixels).clamp_(0, 1)[0])
         t3 = self._now()
         self.timings = {"resize_ms": (t1 - t0) * 1e3, "encode_ms": 0.0, "model_ms": (t2 - t1) * 1e3,
                         "decode_ms": 0.0, "transfer_ms": (t3 - t2) * 1e3}

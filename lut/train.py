@@ -13,21 +13,17 @@ target grids), config.yaml and model/ (what eval/ opens with core.models.load_mo
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from any folder
+import torch
+import torch.nn.functional as F
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from core.cli import load_stage_config, stage_parser  # noqa: E402
-from core.data import PairedDataset  # noqa: E402
-from core.models import serving_manifest  # noqa: E402
-from core.stage import finish, make_validator, open_sources, tracker_config, write_run_config  # noqa: E402
-from core.trainer import Phase, make_accelerator, make_optimizer, train  # noqa: E402
-from lut.model import AdaptiveLUT, monotonicity_loss, tv_loss  # noqa: E402
+from core.cli import load_stage_config, stage_parser
+from core.data import PairedDataset
+from core.stage import make_validator, open_sources, train_and_save, write_run_config
+from core.trainer import Phase, make_accelerator, make_optimizer
+from lut.model import AdaptiveLUT, monotonicity_loss, tv_loss
 
 
 def main(argv=None) -> dict:
@@ -60,25 +56,10 @@ def main(argv=None) -> dict:
                       "loss_mono": mono.detach()}
 
     validate = make_validator(cfg, accelerator, val_src, accelerator.unwrap_model(model), out_dir)
-    accelerator.init_trackers("lut", config=tracker_config(cfg))
-    result = train(accelerator, cfg.train, phases=[Phase("lut", model, optimizer, scheduler, loss_fn)],
-                   dataset=dataset, total_steps=total_steps, seed=cfg.experiment.seed, output_dir=out_dir,
-                   ema_module=model, validate=validate, resume=args.resume_from_checkpoint,
-                   description=f"3D LUT ({c.num_basis} x {c.size}^3)")
-
-    # final model: the EMA weights, with the validation figures in the manifest
-    metrics = {}
-    if accelerator.is_main_process:
-        unwrapped, metrics = finish(accelerator, model, result, validate)
-        unwrapped.save_pretrained(out_dir / "model", manifest={
-            "stage": "lut", **serving_manifest(cfg, codec=None), "step": result["step"],
-            "train_seconds": result["train_seconds"], "wall_seconds": time.time() - wall_start,
-            "metrics": metrics, "train_pairs": len(dataset), "final_loss": result["last_logs"].get("loss")})
-        psnr, ident = metrics.get("psnr", 0.0), metrics.get("identity_psnr", 0.0)
-        print(f"3D LUT on validation: PSNR {psnr:.2f} dB vs identity {ident:.2f} dB (+{psnr - ident:.2f} dB) "
-              f"after {result['train_seconds']:.0f} s of training; model saved to {out_dir / 'model'}")
-    accelerator.end_training()
-    return metrics
+    return train_and_save(
+        accelerator, cfg, args, stage="lut", phases=[Phase("lut", model, optimizer, scheduler, loss_fn)],
+        dataset=dataset, total_steps=total_steps, out_dir=out_dir, model=model, validate=validate,
+        description=f"3D LUT ({c.num_basis} x {c.size}^3)", codec=None, wall_start=wall_start, label="3D LUT")
 
 
 if __name__ == "__main__":

@@ -16,11 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import zipfile
 from pathlib import Path
 
 import torch
 
+from core.checkpoint import atomic_write_zip
 from core.images import ImageError, list_photos, load_image, save_image
 from core.models import load_model
 
@@ -65,12 +65,7 @@ def main(argv=None) -> int:
                 failed.append(f"{src}: {exc}")
     state.wait_for_everyone()
     if args.zip and state.is_main_process:
-        tmp = Path(args.zip).with_suffix(".zip.tmp")
-        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
-            for src in inputs:
-                if (out_dir / src.name).exists():
-                    zf.write(out_dir / src.name, src.name)
-        tmp.replace(args.zip)
+        atomic_write_zip(args.zip, [(out_dir / src.name, src.name) for src in inputs if (out_dir / src.name).exists()])
     if failed:
         print(f"{len(failed)} photo(s) failed:", file=sys.stderr)
         for line in failed:

@@ -11,28 +11,18 @@ Writes {output_root}/{name}/teacher/: checkpoint-N/ (resumable), logs/ (TensorBo
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from any folder
+import torch
 
-import torch  # noqa: E402
-
-from core.cli import load_stage_config, stage_parser  # noqa: E402
-from core.codecs import build_codec  # noqa: E402
-from core.models import LoadedModel, serving_manifest  # noqa: E402
-from core.perceptual import load_lpips  # noqa: E402
-from core.stage import (  # noqa: E402
-    finish,
-    latent_dataset,
-    make_validator,
-    open_sources,
-    tracker_config,
-    write_run_config,
-)
-from core.trainer import Phase, make_accelerator, make_optimizer, train  # noqa: E402
-from teacher.models import build_teacher  # noqa: E402
+from core.cli import load_stage_config, stage_parser
+from core.codecs import build_codec
+from core.models import LoadedModel
+from core.perceptual import load_lpips
+from core.stage import latent_dataset, make_validator, open_sources, train_and_save, write_run_config
+from core.trainer import Phase, make_accelerator, make_optimizer
+from teacher.models import build_teacher
 
 
 def main(argv=None) -> dict:
@@ -74,27 +64,12 @@ def main(argv=None) -> dict:
 
     validate = make_validator(cfg, accelerator, val_src, LoadedModel(teacher, {}, codec, accelerator.device),
                               out_dir)
-    accelerator.init_trackers("teacher", config=tracker_config(cfg))
-    result = train(accelerator, cfg.train, phases=[Phase("teacher", model, optimizer, scheduler, loss_fn)],
-                   dataset=dataset, total_steps=total_steps, seed=cfg.experiment.seed, output_dir=out_dir,
-                   ema_module=model, validate=validate, resume=args.resume_from_checkpoint,
-                   description=f"teacher ({teacher.kind})")
-
-    # final model: the EMA weights, with the validation figures in the manifest
-    metrics = {}
-    if accelerator.is_main_process:
-        unwrapped, metrics = finish(accelerator, model, result, validate)
-        unwrapped.save_pretrained(out_dir / "model", manifest={
-            "stage": "teacher", **serving_manifest(cfg, codec=vars(cfg.codec).copy()),
-            "step": result["step"], "train_seconds": result["train_seconds"],
-            "wall_seconds": time.time() - wall_start, "metrics": metrics, "num_steps": teacher.num_steps,
-            "function_evals": teacher.function_evals(), "train_pairs": len(dataset)})
-        print(f"teacher ({teacher.kind}, K={teacher.num_steps}) on validation: PSNR {metrics.get('psnr', 0):.2f} dB"
-              f" vs identity {metrics.get('identity_psnr', 0):.2f} dB"
-              f" (+{metrics.get('psnr', 0) - metrics.get('identity_psnr', 0):.2f} dB);"
-              f" model saved to {out_dir / 'model'}")
-    accelerator.end_training()
-    return metrics
+    return train_and_save(
+        accelerator, cfg, args, stage="teacher", phases=[Phase("teacher", model, optimizer, scheduler, loss_fn)],
+        dataset=dataset, total_steps=total_steps, out_dir=out_dir, model=model, validate=validate,
+        description=f"teacher ({teacher.kind})", codec=vars(cfg.codec).copy(), wall_start=wall_start,
+        label=f"teacher ({teacher.kind}, K={teacher.num_steps})",
+        manifest={"num_steps": teacher.num_steps, "function_evals": teacher.function_evals()})
 
 
 if __name__ == "__main__":

@@ -9,12 +9,10 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from core.config import TrainConfig  # noqa: E402
-from core.trainer import Phase, make_accelerator, make_optimizer, train  # noqa: E402
+from core.config import TrainConfig
+from core.trainer import Phase, make_accelerator, make_optimizer, train
 
 
 class Toy(torch.utils.data.Dataset):

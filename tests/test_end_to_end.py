@@ -105,12 +105,15 @@ def test_enhance_reports_unreadable_photos(trained, tmp_path):
     assert (tmp_path / "out" / good.name).is_file() and not (tmp_path / "out" / "broken.jpg").exists()
 
 
-def test_cli_scripts_run_as_files(trained):
+@pytest.mark.parametrize("script", ["teacher/train.py", "distill/run.py", "lut/train.py", "eval/run.py"])
+def test_cli_scripts_run_as_files(script):
+    """`python teacher/train.py` (what `accelerate launch teacher/train.py` runs) from any folder:
+    the entry files carry no path hacks, the installed package is found."""
     import subprocess
 
-    res = subprocess.run([sys.executable, str(REPO / "teacher" / "train.py"), "--help"], capture_output=True,
-                         text=True, cwd="/")
-    assert res.returncode == 0 and "--resume_from_checkpoint" in res.stdout
+    res = subprocess.run([sys.executable, str(REPO / script), "--help"], capture_output=True, text=True, cwd="/")
+    assert res.returncode == 0, res.stderr
+    assert "--config" in res.stdout and "--output_dir" in res.stdout
 
 
 def test_distill_with_an_openclip_discriminator(trained, tmp_path):
@@ -134,44 +137,6 @@ def test_distill_with_an_openclip_discriminator(trained, tmp_path):
     assert metrics["psnr"] > 0
     logs = (tmp_path / "s" / "checkpoint-6").iterdir()
     assert "model_1.safetensors" in {p.name for p in logs}
-
-
-def test_hypir_teacher_trains_saves_resumes_and_reloads(tiny_data, tmp_path):
-    """The tiny SD-layout UNet with LoRA through teacher/train.py: LoRA-only checkpoints, exact reload."""
-    from diffusers import AutoencoderKL
-    from safetensors.torch import load_file
-
-    from core.models import load_model
-    from teacher.train import main as train_teacher
-    from tests.hypir_fixtures import tiny_sd_folder
-
-    sd = tiny_sd_folder(tmp_path / "sd")
-    AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16),
-                  down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-                  layers_per_block=1, norm_num_groups=4, sample_size=32).save_pretrained(sd / "vae")
-    args = ["--config", CONFIG, *tiny_overrides(tiny_data, tmp_path), "teacher.kind=hypir",
-            f"teacher.hypir.pretrained={sd}", "teacher.hypir.lora_rank=4", "teacher.hypir.lora_alpha=4",
-            "teacher.num_steps=1", "codec.kind=sd-vae", f"codec.pretrained={sd}", "codec.subfolder=vae",
-            "train.ema_decay=0"]
-    train_teacher(args)
-    run = tmp_path / "demo" / "teacher"
-    saved = load_file(run / "checkpoint-6" / "model.safetensors")
-    assert saved and all("lora" in k for k in saved)  # the frozen 865M-parameter base is never copied
-    assert (run / "model" / "pytorch_lora_weights.safetensors").is_file()
-    teacher = load_model(run)
-    assert teacher.manifest["class"] == "teacher.hypir:HypirTeacher" and teacher.codec is not None
-    z = torch.randn(1, 4, 8, 8)
-    again = load_model(run / "model")
-    assert torch.equal(teacher.predict(z), again.predict(z))
-
-    # resume from checkpoint-3 into a fresh folder: the LoRA weights come back exactly
-    import shutil
-
-    (tmp_path / "b").mkdir()
-    shutil.copytree(run / "checkpoint-3", tmp_path / "b" / "checkpoint-3")
-    train_teacher([*args, "--output_dir", str(tmp_path / "b"), "--resume_from_checkpoint", "latest"])
-    resumed = load_file(tmp_path / "b" / "checkpoint-6" / "model.safetensors")
-    assert all(torch.equal(saved[k], resumed[k]) for k in saved)
 
 
 def test_enhance_keeps_a_24mp_photo_whole_with_its_exif(trained, tmp_path):

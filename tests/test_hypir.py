@@ -16,6 +16,7 @@ from core.checkpoint import load_safetensors, save_safetensors
 from core.config import HypirConfig
 from teacher import hypir
 from teacher.hypir import HypirError, HypirTeacher
+from tests.conftest import REPO, tiny_overrides
 from tests.hypir_fixtures import tiny_sd_folder
 
 
@@ -196,3 +197,41 @@ def test_released_lora_weights_are_the_starting_point(sd_folder, tmp_path):
     save_file({kohya: torch.zeros(4, 4)}, tmp_path / "kohya.safetensors")
     with pytest.raises(HypirError, match=f"1 unmatched keys.*{kohya}"):
         make(sd_folder, lora_weights=str(tmp_path / "kohya.safetensors"))
+
+
+def test_hypir_teacher_trains_saves_resumes_and_reloads(tiny_data, tmp_path):
+    """The tiny SD-layout UNet with LoRA through teacher/train.py: LoRA-only checkpoints, exact reload."""
+    from diffusers import AutoencoderKL
+    from safetensors.torch import load_file
+
+    from core.models import load_model
+    from teacher.train import main as train_teacher
+
+    sd = tiny_sd_folder(tmp_path / "sd")
+    AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16),
+                  down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                  layers_per_block=1, norm_num_groups=4, sample_size=32).save_pretrained(sd / "vae")
+    args = ["--config", str(REPO / "configs" / "demo.yaml"), *tiny_overrides(tiny_data, tmp_path),
+            "teacher.kind=hypir",
+            f"teacher.hypir.pretrained={sd}", "teacher.hypir.lora_rank=4", "teacher.hypir.lora_alpha=4",
+            "teacher.num_steps=1", "codec.kind=sd-vae", f"codec.pretrained={sd}", "codec.subfolder=vae",
+            "train.ema_decay=0"]
+    train_teacher(args)
+    run = tmp_path / "demo" / "teacher"
+    saved = load_file(run / "checkpoint-6" / "model.safetensors")
+    assert saved and all("lora" in k for k in saved)  # the frozen 865M-parameter base is never copied
+    assert (run / "model" / "pytorch_lora_weights.safetensors").is_file()
+    teacher = load_model(run)
+    assert teacher.manifest["class"] == "teacher.hypir:HypirTeacher" and teacher.codec is not None
+    z = torch.randn(1, 4, 8, 8)
+    again = load_model(run / "model")
+    assert torch.equal(teacher.predict(z), again.predict(z))
+
+    # resume from checkpoint-3 into a fresh folder: the LoRA weights come back exactly
+    import shutil
+
+    (tmp_path / "b").mkdir()
+    shutil.copytree(run / "checkpoint-3", tmp_path / "b" / "checkpoint-3")
+    train_teacher([*args, "--output_dir", str(tmp_path / "b"), "--resume_from_checkpoint", "latest"])
+    resumed = load_file(tmp_path / "b" / "checkpoint-6" / "model.safetensors")
+    assert all(torch.equal(saved[k], resumed[k]) for k in saved)
