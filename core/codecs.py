@@ -7,6 +7,8 @@
 - `sd-vae`: diffusers `AutoencoderKL` (SD 2.1's VAE, sd-vae-ft-mse, SDXL fp16-fix) from a hub
   id or a local folder; latents are the posterior mode times the scaling factor.
 - `taesd`: diffusers `AutoencoderTiny`, a fraction of the VAE's cost.
+- `tae`: our own TAESD-family module (core/tae.py) on the published encoder/decoder state dicts
+  (TAESD, TAESDXL, TAEF2, ...) from a local folder; images in [0, 1], latents as the encoder gives.
 """
 
 from __future__ import annotations
@@ -78,6 +80,14 @@ def _weights_digest(module: nn.Module) -> str:
 def _load_diffusers(cls, cfg: CodecConfig):
     kwargs = {"subfolder": cfg.subfolder} if cfg.subfolder else {}
     try:
+        if cfg.random_init:  # the architecture alone (e.g. configs/arch/...), seeded random weights
+            import warnings
+
+            warnings.warn(f"codec.random_init: {cls.__name__} from '{cfg.pretrained}' has RANDOM weights: "
+                          "for memory and speed checks only", stacklevel=3)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                return cls.from_config(cls.load_config(cfg.pretrained, **kwargs))
         return cls.from_pretrained(cfg.pretrained, **kwargs)
     except (OSError, ValueError) as exc:
         local = Path(cfg.pretrained).exists()
@@ -147,6 +157,33 @@ class TAESDCodec(Codec):
         return f"taesd-{_weights_digest(self.taesd)}"
 
 
+class TAECodec(Codec):
+    def __init__(self, encoder: nn.Module, decoder: nn.Module):
+        super().__init__()
+        self.encoder = encoder.eval().requires_grad_(False)
+        self.decoder = decoder.eval().requires_grad_(False)
+        strided = [m for m in encoder.modules() if isinstance(m, nn.Conv2d) and m.stride == (2, 2)]
+        self.factor = 2 ** len(strided)
+        self.channels = encoder[-1].out_channels
+
+    @classmethod
+    def from_config(cls, cfg: CodecConfig):
+        from core.tae import load_tae
+
+        return cls(*load_tae(cfg.pretrained))
+
+    def encode(self, x):
+        self.check_size(x)
+        return self.encoder(x.float())  # the TAESD family takes [0, 1] as it is
+
+    def decode(self, z):
+        return self.decoder(z.float())
+
+    @property
+    def cache_key(self):
+        return f"tae-{_weights_digest(self.encoder)}-{_weights_digest(self.decoder)}"
+
+
 def build_codec(cfg: CodecConfig) -> Codec:
     if cfg.kind == "pixel":
         return PixelCodec(cfg.factor)
@@ -154,4 +191,6 @@ def build_codec(cfg: CodecConfig) -> Codec:
         return SDVAECodec.from_config(cfg)
     if cfg.kind == "taesd":
         return TAESDCodec.from_config(cfg)
-    raise CodecError(f"codec.kind={cfg.kind!r}: use pixel, sd-vae or taesd")
+    if cfg.kind == "tae":
+        return TAECodec.from_config(cfg)
+    raise CodecError(f"codec.kind={cfg.kind!r}: use pixel, sd-vae, taesd or tae")

@@ -58,12 +58,13 @@ class DataConfig:
 
 @dataclass
 class CodecConfig:
-    kind: str = "pixel"  # pixel | sd-vae | taesd
+    kind: str = "pixel"  # pixel | sd-vae | taesd | tae
     factor: int = 4  # pixel codec: space-to-depth factor
-    pretrained: str = ""  # hub id or local folder (sd-vae, taesd)
+    pretrained: str = ""  # hub id or local folder (sd-vae, taesd); tae: folder with *encoder*/*decoder* files
     subfolder: str = ""  # e.g. "vae" inside a full Stable Diffusion repo
     scaling_factor: float = 0.0  # 0 = take it from the model's config
     tiling: bool = True  # tiled encode/decode for large images (sd-vae)
+    random_init: bool = False  # sd-vae: the architecture from `pretrained`'s config.json, random weights (no hub)
 
 
 @dataclass
@@ -88,6 +89,25 @@ class HypirConfig:
     model_t: int = 200  # timestep the UNet sees; the input goes in with no noise added
     coeff_t: int = 200  # timestep whose scheduler coefficients turn eps into the result
     prompt: str = ""
+    # real size: the frozen base's dtype, and the UNet built from `pretrained`'s unet/config.json with
+    # random weights (seeded, no hub, no text encoder: the prompt embedding is zeros), e.g. configs/arch/sd21-base
+    base_dtype: str = "fp32"  # fp32 | bf16 | fp16
+    random_init: bool = False
+
+
+@dataclass
+class TeacherGANConfig:
+    """HYPIR's adversarial term for stage one: a frozen OpenCLIP tower with trainable heads on the
+    decoded one-step result (fake) and the decoded edit (real), conditioned on the input."""
+
+    weight: float = 0.0  # HYPIR: 0.5
+    loss: str = "ns"  # ns (BCE, real label 0.8 for these heads, as HYPIR) | hinge
+    learning_rate: float = 1e-5
+    warmup_steps: int = 0  # teacher steps before the term starts
+    openclip_model: str = "convnext_base"  # HYPIR: convnext_xxlarge
+    openclip_pretrained: str = ""  # a pretrained tag or a local checkpoint file; "" = random (tests only)
+    openclip_image_size: int = 224
+    head_channels: int = 64
 
 
 @dataclass
@@ -99,6 +119,12 @@ class TeacherConfig:
     learning_rate: float = 2e-4
     l1_weight: float = 0.0  # L1 on the decoded estimate of the result
     lpips_weight: float = 0.0  # LPIPS on the decoded estimate (needs its weights)
+    # HYPIR's stage-one recipe: latent_weight 0, pixel_mse_weight 1, lpips_weight 5 (vgg), gan.weight 0.5
+    latent_weight: float = 1.0  # the model's own latent loss (flow matching | latent MSE)
+    pixel_mse_weight: float = 0.0  # MSE on the decoded estimate of the result
+    lpips_net: str = "alex"  # alex | vgg (HYPIR)
+    lpips_random_backbone: bool = False  # tests only: a RANDOM backbone, since offline there are no weights
+    gan: TeacherGANConfig = field(default_factory=TeacherGANConfig)
     flow: FlowConfig = field(default_factory=FlowConfig)
     hypir: HypirConfig = field(default_factory=HypirConfig)
 
@@ -170,6 +196,11 @@ class TrainConfig:
     batch_size: int = 8
     gradient_accumulation_steps: int = 1
     mixed_precision: str = "no"  # no | fp16 | bf16
+    # memory and speed, under the diffusers examples' flag names
+    gradient_checkpointing: bool = False  # recompute activations in backward (teacher, student)
+    allow_tf32: bool = False  # TF32 matmuls and convolutions on Ampere+ GPUs
+    use_8bit_adam: bool = False  # bitsandbytes' AdamW8bit (CUDA, needs bitsandbytes)
+    attention: str = "sdpa"  # sdpa (torch's scaled_dot_product_attention) | math (plain matmuls)
     max_grad_norm: float = 1.0
     weight_decay: float = 0.0
     adam_beta1: float = 0.9
@@ -312,7 +343,7 @@ def config_from_dict(data: dict) -> Config:
 
 def validate(cfg: Config) -> None:
     choices = {
-        "codec.kind": (cfg.codec.kind, ("pixel", "sd-vae", "taesd")),
+        "codec.kind": (cfg.codec.kind, ("pixel", "sd-vae", "taesd", "tae")),
         "teacher.kind": (cfg.teacher.kind, ("flow", "hypir")),
         "teacher.sampler": (cfg.teacher.sampler, ("euler", "heun")),
         "student.init": (cfg.student.init, ("teacher", "slim")),
@@ -323,6 +354,10 @@ def validate(cfg: Config) -> None:
         "train.lr_schedule": (cfg.train.lr_schedule, ("cosine", "constant")),
         "train.report_to": (cfg.train.report_to, ("tensorboard", "wandb", "none", "all")),
         "eval.transfer": (cfg.eval.transfer, ("grid", "none")),
+        "teacher.hypir.base_dtype": (cfg.teacher.hypir.base_dtype, ("fp32", "bf16", "fp16")),
+        "teacher.lpips_net": (cfg.teacher.lpips_net, ("alex", "vgg")),
+        "teacher.gan.loss": (cfg.teacher.gan.loss, ("ns", "hinge")),
+        "train.attention": (cfg.train.attention, ("sdpa", "math")),
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:

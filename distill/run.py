@@ -15,6 +15,7 @@ logs/, val/, config.yaml and model/ (what eval/ and student.enhance load).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import time
@@ -24,11 +25,13 @@ import torch
 
 from core.checkpoint import resolve_model_dir
 from core.cli import load_stage_config, stage_parser
+from core.gan import gan_d_loss, gan_g_loss, r1_penalty
 from core.models import LoadedModel, load_model
+from core.perf import math_attention
 from core.stage import latent_dataset, make_validator, open_sources, train_and_save, write_run_config
 from core.trainer import Phase, make_accelerator, make_optimizer
 from distill.discriminators import build_discriminator
-from distill.losses import distill_loss, gan_d_loss, gan_g_loss, r1_penalty
+from distill.losses import distill_loss
 from student import Student
 
 
@@ -67,7 +70,8 @@ def losses(d, accelerator, teacher, student_p, disc_p, real_label: float):
         with torch.no_grad():
             fake = student_p(z_in)
         real = real.detach().requires_grad_(d.r1_gamma > 0)
-        real_logits = disc_p(real, z_in)
+        with math_attention() if d.r1_gamma > 0 else contextlib.nullcontext():  # R1 needs 2nd derivatives
+            real_logits = disc_p(real, z_in)
         loss = gan_d_loss(d.gan_loss, real_logits, disc_p(fake.detach(), z_in), real_label=real_label)
         parts = {"loss_d": loss.detach()}
         if d.r1_gamma > 0:

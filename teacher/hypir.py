@@ -92,6 +92,19 @@ def encode_prompt(pretrained: str, prompt: str = "") -> torch.Tensor:
     return embeds
 
 
+def random_unet(config: dict, pretrained: str, seed: int = 0):
+    """The true-size UNet of `config` with RANDOM weights, the same on every call (the seed is
+    fixed, so a saved teacher, which holds only its LoRA, rebuilds the same base)."""
+    from diffusers import UNet2DConditionModel
+
+    warnings.warn(f"teacher.hypir.random_init: the UNet from '{pretrained}' has RANDOM weights and the "
+                  "prompt embedding is zeros (no text encoder): for memory and speed checks only",
+                  stacklevel=3)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return UNet2DConditionModel.from_config(config)
+
+
 def read_lora_file(path: str | Path) -> dict[str, torch.Tensor]:
     """LoRA tensors from a .safetensors file, or a .pt/.pth (HYPIR's release) read with
     `weights_only` (no pickled code runs)."""
@@ -169,9 +182,10 @@ class HypirTeacher(ModelFolder, nn.Module):
                 "lora_rank": hcfg.lora_rank, "lora_alpha": hcfg.lora_alpha,
                 "lora_targets": list(hcfg.lora_targets), "model_t": hcfg.model_t,
                 "coeff_t": hcfg.coeff_t, "num_steps": num_steps, "prompt": hcfg.prompt,
-                "channels": channels, "base_dtype": getattr(hcfg, "base_dtype", "fp32")}
+                "channels": channels, "base_dtype": hcfg.base_dtype, "random_init": hcfg.random_init}
         teacher = cls.from_arch(arch)  # checks the folder and the channels before the text encoder
-        teacher.prompt_embeds = encode_prompt(pretrained, hcfg.prompt)
+        if not hcfg.random_init:
+            teacher.prompt_embeds = encode_prompt(pretrained, hcfg.prompt)
         if hcfg.lora_weights:
             source = f"teacher.hypir.lora_weights '{hcfg.lora_weights}'"
             teacher.load_trainable_state_dict(read_lora_file(hcfg.lora_weights), source=source)
@@ -192,8 +206,13 @@ class HypirTeacher(ModelFolder, nn.Module):
         if need != have:
             raise HypirError(f"the hypir teacher needs a codec whose latents have {need} channels "
                              f"(codec.kind: sd-vae); the configured codec gives {have}")
-        unet = _load("UNet", UNet2DConditionModel.from_pretrained, pretrained, sub,
-                     torch_dtype=DTYPES[arch.get("base_dtype", "fp32")])
+        if arch.get("random_init"):
+            unet = random_unet(config, pretrained)
+            if prompt_embeds is None:
+                prompt_embeds = torch.zeros(1, 77, config["cross_attention_dim"])
+        else:
+            unet = _load("UNet", UNet2DConditionModel.from_pretrained, pretrained, sub,
+                         torch_dtype=DTYPES[arch.get("base_dtype", "fp32")])
         return cls(unet, *load_scheduler_terms(pretrained), arch, prompt_embeds)
 
     # the model --------------------------------------------------------------------------------

@@ -11,14 +11,10 @@ import torch
 import torch.nn.functional as F
 
 from core.config import DiscriminatorConfig
+from core.discriminators import OpenCLIPDiscriminator, load_openclip_visual
+from core.gan import hinge_d, hinge_g, r1_penalty
 from core.nets import make_unet
-from distill.discriminators import (
-    LatentPatchGAN,
-    OpenCLIPDiscriminator,
-    build_discriminator,
-    load_openclip_visual,
-)
-from distill.losses import hinge_d, hinge_g, r1_penalty
+from distill.discriminators import LatentPatchGAN, build_discriminator
 
 C = 48  # pixel codec, factor 4: (B, 48, 16, 16) latents <-> (B, 3, 64, 64) images
 TEXT = {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 2, "layers": 1}
@@ -133,6 +129,23 @@ def test_r1_through_patchgan_is_finite_and_trains_d():
     r1 = r1_penalty(d(x, torch.randn(2, C, 16, 16)), x)
     assert torch.isfinite(r1) and r1.item() > 0
     r1.backward()
+    assert sum(p.grad.abs().sum() for p in d.trainable_parameters() if p.grad is not None) > 0
+
+
+def test_r1_through_the_unet_discriminator_needs_the_math_attention_backend():
+    """The fused CPU attention kernel has no second derivative; SDPA's math backend does."""
+    from core.perf import math_attention
+
+    d = make("unet")
+    z_in = torch.randn(2, C, 8, 8)
+    x = torch.randn(2, C, 8, 8, requires_grad=True)
+    with pytest.raises(RuntimeError, match="not implemented"):
+        r1_penalty(d(x, z_in), x).backward()
+    d.zero_grad(set_to_none=True)
+    with math_attention():
+        r1 = r1_penalty(d(x, z_in), x)
+    r1.backward()
+    assert torch.isfinite(r1) and r1.item() > 0
     assert sum(p.grad.abs().sum() for p in d.trainable_parameters() if p.grad is not None) > 0
 
 

@@ -163,3 +163,19 @@ def test_enhance_keeps_a_24mp_photo_whole_with_its_exif(trained, tmp_path):
         assert out.size == (6000, 4000)
         assert out.getexif()[0x010F] == "TestCam"
         assert out.info.get("icc_profile") == icc
+
+
+def test_distill_unet_discriminator_with_r1_trains(trained, tmp_path):
+    """The teacher's-UNet discriminator with the default R1 (gamma 0.1): its double backward goes
+    through attention, which runs on SDPA's math backend for that pass (the fused CPU kernel has no
+    second derivative)."""
+    from distill.run import main as distill
+    from student import Student
+
+    data, root = trained
+    out = tmp_path / "student_unet_d"
+    distill(["--config", CONFIG, *tiny_overrides(data, root), "--output_dir", str(out),
+             "distill.discriminator.kind=unet", "distill.lambda_adv=0.1", "distill.r1_gamma=0.1",
+             "distill.train_steps=4", "train.log_every=1"])
+    _, _, manifest = Student.from_pretrained(out)
+    assert manifest["discriminator"] == "unet" and manifest["step"] == 4
