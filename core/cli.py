@@ -12,6 +12,7 @@ from core.config import Config, ConfigError, load_config
 
 TRAIN_FLAGS = ("mixed_precision", "gradient_accumulation_steps", "checkpointing_steps",
                "checkpoints_total_limit", "report_to", "batch_size", "validation_steps")
+SWITCHES = ("gradient_checkpointing", "allow_tf32", "use_8bit_adam")  # diffusers' names, train.* = true
 
 
 def stage_parser(description: str) -> argparse.ArgumentParser:
@@ -28,13 +29,15 @@ def stage_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--validation_steps", type=int, default=None)
     p.add_argument("--batch_size", type=int, default=None)
     p.add_argument("--report_to", choices=["tensorboard", "wandb", "none", "all"], default=None)
+    for name in SWITCHES:
+        p.add_argument(f"--{name}", action="store_true", default=None, help=f"train.{name}=true")
     p.add_argument("overrides", nargs="*", help="section.key=value config overrides")
     return p
 
 
 def load_stage_config(args: argparse.Namespace) -> Config:
     overrides = list(args.overrides)
-    for name in TRAIN_FLAGS:
+    for name in TRAIN_FLAGS + SWITCHES:
         value = getattr(args, name, None)
         if value is not None:
             overrides.append(f"train.{name}={value}")

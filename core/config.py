@@ -276,6 +276,8 @@ def _coerce(value, tp, where: str):
     if tp is str:
         if value is None:
             return ""
+        if isinstance(value, bool):  # YAML 1.1 reads a bare `no` (train.mixed_precision=no) as false
+            return "yes" if value else "no"
         if not isinstance(value, (str, int, float)):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
         return str(value)

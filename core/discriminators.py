@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -57,11 +58,18 @@ def conv_head(in_channels: int, hidden: int) -> nn.Sequential:
 def load_openclip_visual(model_name: str, pretrained: str = "", image_size: int = 224) -> nn.Module:
     """The image tower (`model.visual`) of an OpenCLIP model, in eval mode.
 
+    model_name: an OpenCLIP model name, or the path of a model config .json (registered first).
     pretrained: an OpenCLIP tag (e.g. "laion400m_s13b_b51k" for convnext_base; needs the hub or
     its cache), a local checkpoint file, or "" for random weights (tests only).
     """
     import open_clip
 
+    if model_name.endswith(".json"):  # a local model config (e.g. a tiny one for tests): register it
+        if not Path(model_name).is_file():
+            raise RuntimeError(f"OpenCLIP model config '{model_name}' not found. Fix: give the path of an "
+                               "OpenCLIP model .json, or a name from open_clip.list_models()")
+        open_clip.add_model_config(model_name)
+        model_name = Path(model_name).stem
     try:
         model = open_clip.create_model(model_name, pretrained=pretrained or None,
                                        force_image_size=image_size, pretrained_text=False)
@@ -82,7 +90,7 @@ def load_openclip_visual(model_name: str, pretrained: str = "", image_size: int 
             f"path. Known tags for this model: {tags}.") from exc
     if not pretrained:
         warnings.warn(f"OpenCLIP discriminator {model_name!r} has RANDOM weights "
-                      "(distill.discriminator.openclip_pretrained is empty): fine for tests only.", stacklevel=2)
+                      "(openclip_pretrained is empty): fine for tests only.", stacklevel=2)
     return model.visual.eval()
 
 

@@ -109,16 +109,20 @@ def lr_lambda(warmup_steps: int, total_steps: int, schedule: str) -> Callable[[i
 
 
 def make_optimizer(params, lr: float, tc: TrainConfig, total_steps: int):
-    opt = torch.optim.AdamW([p for p in params if p.requires_grad], lr=lr,
-                            betas=(tc.adam_beta1, tc.adam_beta2), weight_decay=tc.weight_decay)
+    from core.perf import adamw_class  # torch's AdamW, or bitsandbytes' 8-bit one (--use_8bit_adam)
+
+    opt = adamw_class(tc)([p for p in params if p.requires_grad], lr=lr,
+                          betas=(tc.adam_beta1, tc.adam_beta2), weight_decay=tc.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tc.lr_warmup_steps, total_steps, tc.lr_schedule))
     return opt, sched
 
 
 def make_accelerator(tc: TrainConfig, output_dir: Path, seed: int):
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from accelerate.utils import ProjectConfiguration, set_seed
 
+    AcceleratorState._reset_state()  # one process may run stages of different precisions (scripts/real_size.py)
     log_with = None if tc.report_to == "none" else tc.report_to
     if log_with == "wandb":
         try:

@@ -27,7 +27,7 @@ from core.checkpoint import resolve_model_dir
 from core.cli import load_stage_config, stage_parser
 from core.gan import gan_d_loss, gan_g_loss, r1_penalty
 from core.models import LoadedModel, load_model
-from core.perf import math_attention
+from core.perf import apply_speed_options, math_attention
 from core.stage import latent_dataset, make_validator, open_sources, train_and_save, write_run_config
 from core.trainer import Phase, make_accelerator, make_optimizer
 from distill.discriminators import build_discriminator
@@ -135,6 +135,7 @@ def main(argv=None) -> dict:
     disc = build_discriminator(d.discriminator, codec.channels, decode=codec.decode,
                                teacher_unet=copy.deepcopy(teacher.net.net) if unet_disc else None,
                                unet_timestep=getattr(teacher.net, "t_scale", 1000.0)).to(accelerator.device)
+    apply_speed_options(cfg.train, student, codec)  # gradient checkpointing, attention kernel, TF32
     opt_g, sched_g = make_optimizer(student.parameters(), d.learning_rate, cfg.train, total_steps)
     opt_d, sched_d = make_optimizer(disc.trainable_parameters(), d.disc_learning_rate, cfg.train, total_steps)
     student_p, disc_p, opt_g, opt_d = accelerator.prepare(student, disc, opt_g, opt_d)

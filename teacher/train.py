@@ -19,9 +19,10 @@ import torch
 from core.cli import load_stage_config, stage_parser
 from core.codecs import build_codec
 from core.models import LoadedModel
-from core.perceptual import load_lpips
+from core.perf import apply_speed_options
 from core.stage import latent_dataset, make_validator, open_sources, train_and_save, write_run_config
 from core.trainer import Phase, make_accelerator, make_optimizer
+from teacher.losses import TeacherLoss
 from teacher.models import build_teacher
 
 
@@ -44,32 +45,21 @@ def main(argv=None) -> dict:
     teacher = build_teacher(cfg, codec.channels)
     optimizer, scheduler = make_optimizer(teacher.trainable_parameters(), cfg.teacher.learning_rate,
                                           cfg.train, total_steps)
+    apply_speed_options(cfg.train, teacher, codec)  # gradient checkpointing, attention kernel, TF32
     model, optimizer = accelerator.prepare(teacher, optimizer)
-    lpips = load_lpips(accelerator.device) if cfg.teacher.lpips_weight > 0 else None
-
-    def loss_fn(batch, step):
-        loss, z_hat = model(batch["z_in"], batch["z_target"])
-        parts = {"loss_flow" if teacher.kind == "flow" else "loss_mse": loss.detach()}
-        if cfg.teacher.l1_weight > 0 or lpips is not None:
-            x_hat, x_tgt = codec.decode(z_hat), codec.decode(batch["z_target"])
-            if cfg.teacher.l1_weight > 0:
-                l1 = (x_hat - x_tgt).abs().mean()  # || D(z_hat) - D(z_target) ||_1
-                loss = loss + cfg.teacher.l1_weight * l1
-                parts["loss_l1"] = l1.detach()
-            if lpips is not None:
-                lp = lpips(x_hat.clamp(0, 1) * 2 - 1, x_tgt.clamp(0, 1) * 2 - 1).mean()
-                loss = loss + cfg.teacher.lpips_weight * lp
-                parts["loss_lpips"] = lp.detach()
-        return loss, parts
+    losses = TeacherLoss(cfg, model, teacher.kind, codec, accelerator, total_steps)  # latent, pixel, LPIPS, GAN
 
     validate = make_validator(cfg, accelerator, val_src, LoadedModel(teacher, {}, codec, accelerator.device),
                               out_dir)
     return train_and_save(
-        accelerator, cfg, args, stage="teacher", phases=[Phase("teacher", model, optimizer, scheduler, loss_fn)],
+        accelerator, cfg, args, stage="teacher",
+        phases=losses.phases(Phase("teacher", model, optimizer, scheduler, losses.loss_fn)),
         dataset=dataset, total_steps=total_steps, out_dir=out_dir, model=model, validate=validate,
         description=f"teacher ({teacher.kind})", codec=vars(cfg.codec).copy(), wall_start=wall_start,
         label=f"teacher ({teacher.kind}, K={teacher.num_steps})",
-        manifest={"num_steps": teacher.num_steps, "function_evals": teacher.function_evals()})
+        manifest={"num_steps": teacher.num_steps, "function_evals": teacher.function_evals(),
+                  "parameters": sum(p.numel() for p in teacher.parameters()),
+                  "trainable_parameters": sum(p.numel() for p in teacher.trainable_parameters())})
 
 
 if __name__ == "__main__":
