@@ -169,13 +169,13 @@ def test_distill_unet_discriminator_with_r1_trains(trained, tmp_path):
     """The teacher's-UNet discriminator with the default R1 (gamma 0.1): its double backward goes
     through attention, which runs on SDPA's math backend for that pass (the fused CPU kernel has no
     second derivative)."""
+    from core.models import load_model
     from distill.run import main as distill
-    from student import Student
 
     data, root = trained
     out = tmp_path / "student_unet_d"
     distill(["--config", CONFIG, *tiny_overrides(data, root), "--output_dir", str(out),
              "distill.discriminator.kind=unet", "distill.lambda_adv=0.1", "distill.r1_gamma=0.1",
              "distill.train_steps=4", "train.log_every=1"])
-    _, _, manifest = Student.from_pretrained(out)
+    manifest = load_model(out).manifest
     assert manifest["discriminator"] == "unet" and manifest["step"] == 4
