@@ -2,12 +2,16 @@
 
     rgb, meta = load_image("in/a.jpg")      # (H, W, 3) float32 in [0, 1], EXIF orientation applied
     save_image("out/a.jpg", rgb, meta)      # same ICC profile and EXIF (orientation reset to 1)
+    px, meta = load_photo("in/a.png")       # uint8 for 8-bit files (the fast path), else float; alpha kept
+    small = load_draft("in/a.jpg", 512)     # a JPEG decoded at 1/2..1/8 scale in the DCT domain (or None)
 
 Choices, in one place:
 - Pixels are returned as encoded in the file (sRGB for untagged files); no colour management,
   except CMYK, which is turned into sRGB. `meta.icc_profile` always describes the returned pixels
   and is written back by `save_image`, so an Adobe RGB or Display P3 photo stays correct.
-- Alpha is dropped (the colour channels are kept as they are, not composited).
+- Alpha: the colour channels are kept as they are, not composited. `load_image` drops alpha;
+  `load_photo` keeps an 8-bit file's alpha in `meta.alpha` and `save_image` writes it back
+  (PNG, TIFF, WebP; a JPEG has none).
 - 16-bit files keep their 16-bit precision: grey through PIL's I;16 modes, RGB(A) by decoding
   PIL's 16-bit raw modes twice (high byte, then low byte), since PIL itself keeps only 8 bits.
 - Mode I is read as 16-bit (0..65535), mode F as [0, 1]; both are clipped.
@@ -60,6 +64,7 @@ class ImageMeta:
     size: tuple[int, int]  # (w, h) after EXIF orientation
     icc_profile: bytes | None  # describes the pixels load_image returns
     exif: bytes | None  # orientation reset to 1, ready to write
+    alpha: np.ndarray | None = None  # (H, W) uint8, oriented; only from load_photo on 8-bit files
 
 
 def _open(src: str | Path | bytes, name: str, max_pixels: int) -> Image.Image:
@@ -196,7 +201,24 @@ def orient(a: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(ops[orientation](a)) if orientation in ops else a
 
 
-def _decode(src, name: str, max_pixels: int) -> tuple[np.ndarray, ImageMeta]:
+_ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+
+
+def _to_uint8(im: Image.Image, name: str) -> tuple[np.ndarray, bytes | None, np.ndarray | None]:
+    """An 8-bit image as (H, W, 3) uint8, its ICC profile and its alpha (H, W) uint8 or None."""
+    alpha = None
+    if im.mode in _ALPHA_MODES or (im.mode == "P" and "transparency" in im.info):
+        rgba = np.asarray(im.convert("RGBA"))
+        return np.ascontiguousarray(rgba[..., :3]), im.info.get("icc_profile") or None, rgba[..., 3].copy()
+    if im.mode == "RGB":
+        return np.asarray(im), im.info.get("icc_profile") or None, alpha
+    if im.mode in ("L", "1", "P"):
+        return np.asarray(im.convert("RGB")), im.info.get("icc_profile") or None, alpha
+    rgb, icc = _to_float(im, None, name)  # CMYK and other modes: the float conversion, then rounded
+    return np.round(rgb * 255).astype(np.uint8), icc, alpha
+
+
+def _decode(src, name: str, max_pixels: int, as_uint8: bool = False) -> tuple[np.ndarray, ImageMeta]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Metadata Warning")  # odd TIFF tags
         im = _open(src, name, max_pixels)
@@ -204,16 +226,49 @@ def _decode(src, name: str, max_pixels: int) -> tuple[np.ndarray, ImageMeta]:
             swapped = _raw16(im)  # read the tile before load() clears it
             _load(im, name)
             low = _low_bytes(src, name, max_pixels, swapped) if swapped else None
-            rgb, icc = _to_float(im, low, name)
-            orientation, exif = _exif(im)
             depth = 16 if low is not None or im.mode.startswith("I;16") else (
                 32 if im.mode in ("I", "F") else 8)
+            alpha = None
+            if as_uint8 and depth == 8:
+                rgb, icc, alpha = _to_uint8(im, name)
+            else:
+                rgb, icc = _to_float(im, low, name)
+            orientation, exif = _exif(im)
             fmt, mode = im.format or "", im.mode
         finally:
             im.close()
     rgb = orient(rgb, orientation)
+    alpha = None if alpha is None else orient(alpha, orientation)
     size = (rgb.shape[1], rgb.shape[0])
-    return rgb, ImageMeta(name, fmt, mode, depth, size, icc, exif)
+    return rgb, ImageMeta(name, fmt, mode, depth, size, icc, exif, alpha)
+
+
+def load_photo(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, ImageMeta]:
+    """The photo path's reader: an 8-bit file as (H, W, 3) uint8 (no float copy; alpha, if any, in
+    `meta.alpha`), a 16- or 32-bit file as load_image reads it (float32 in [0, 1], alpha dropped).
+    EXIF orientation applied."""
+    return _decode(str(path), str(path), max_pixels, as_uint8=True)
+
+
+def load_draft(path: str | Path, long_side: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray | None:
+    """A JPEG decoded in the DCT domain at the smallest of 1/2, 1/4, 1/8 scale whose long side is
+    still at least `long_side`: (h, w, 3) uint8, EXIF orientation applied; a fraction of a full
+    decode's cost, for the working copy. None for other formats (and CMYK JPEGs): decode fully."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Metadata Warning")
+        im = _open(str(path), str(path), max_pixels)
+        try:
+            if im.format != "JPEG" or im.mode not in ("RGB", "L"):
+                return None
+            w, h = im.size
+            scale = min(1.0, long_side / max(w, h))
+            im.draft("RGB", (max(1, int(np.ceil(w * scale))), max(1, int(np.ceil(h * scale)))))
+            _load(im, str(path))
+            orientation, _ = _exif(im)
+            small = np.asarray(im.convert("RGB"))
+        finally:
+            im.close()
+    return orient(small, orientation)
 
 
 def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS
@@ -259,12 +314,56 @@ def read_size(path: str | Path) -> tuple[int, int]:
 
 def list_photos(path: str | Path, flag: str = "--input") -> list[Path]:
     """The photo itself, or the photos in the folder (sorted by name, hidden files skipped)."""
+    return find_photos(path, flag=flag)[0]
+
+
+def find_photos(path: str | Path, recursive: bool = False, flag: str = "--input") -> tuple[list[Path], list[Path]]:
+    """(photos, skipped): the photo itself, or the folder's photos sorted by path (with `recursive`,
+    those of every subfolder too), and the other files found (not photos by their suffix).
+    Hidden files and folders are left out of both."""
     path = Path(path)
     if path.is_file():
-        return [path]
+        return [path], []
     if not path.is_dir():
         raise SystemExit(f"error: {flag} {path} does not exist: pass a photo or a folder of photos")
-    return sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    files = sorted(p for p in (path.rglob("*") if recursive else path.iterdir())
+                   if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts))
+    return ([p for p in files if p.suffix.lower() in IMAGE_SUFFIXES],
+            [p for p in files if p.suffix.lower() not in IMAGE_SUFFIXES])
+
+
+def jpeg_with_metadata(jpeg: bytes, icc: bytes | None, exif: bytes | None) -> bytes:
+    """Insert EXIF (APP1) and an ICC profile (APP2 chunks) into an encoded JPEG that has none, e.g.
+    one from torchvision.io.encode_jpeg; after its JFIF segment, as encoders place them."""
+    def segment(marker: bytes, payload: bytes) -> bytes:
+        return marker + struct.pack(">H", len(payload) + 2) + payload
+
+    segments = b""
+    if exif:
+        payload = exif if exif.startswith(b"Exif\x00\x00") else b"Exif\x00\x00" + exif
+        if len(payload) <= 65533:  # a segment holds 64 KiB; as save_image, keep the photo
+            segments += segment(b"\xff\xe1", payload)
+    if icc:
+        chunks = [icc[i:i + 65519] for i in range(0, len(icc), 65519)]
+        for n, chunk in enumerate(chunks, 1):
+            segments += segment(b"\xff\xe2", b"ICC_PROFILE\x00" + bytes([n, len(chunks)]) + chunk)
+    at = 2 + (2 + int.from_bytes(jpeg[4:6], "big") if jpeg[2:4] == b"\xff\xe0" else 0)
+    return jpeg[:at] + segments + jpeg[at:]
+
+
+def read_meta(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageMeta:
+    """A photo's metadata from its header, without decoding the pixels (for decoders other than
+    PIL's, e.g. torchvision.io.decode_jpeg on a GPU). `size` is after EXIF orientation."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Metadata Warning")
+        im = _open(str(path), str(path), max_pixels)
+        try:
+            orientation, exif = _exif(im)
+            w, h = im.size
+            return ImageMeta(str(path), im.format or "", im.mode, 8, (h, w) if orientation >= 5 else (w, h),
+                             im.info.get("icc_profile") or None, exif)
+        finally:
+            im.close()
 
 
 def _png16(f, u16: np.ndarray, icc: bytes | None, exif: bytes | None) -> None:
@@ -310,12 +409,13 @@ def _tiff16(f, u16: np.ndarray, icc: bytes | None, exif: bytes | None) -> None:
 
 def save_image(path: str | Path, rgb: np.ndarray, meta: ImageMeta | None = None,
                quality: int = 95, bit_depth: int = 8) -> None:
-    """Write (H, W, 3) float in [0, 1] (clipped) to JPEG/PNG/TIFF/WebP, chosen by the suffix.
+    """Write (H, W, 3) float in [0, 1] (clipped), or uint8, to JPEG/PNG/TIFF/WebP, by the suffix.
 
     With `meta`, the input's ICC profile and EXIF (orientation 1) are written too. bit_depth=16
     works for .png and .tif (16-bit TIFF keeps the ICC profile and EXIF's camera, date, artist and
     copyright, not the full EXIF). Atomic: a temporary file in the same folder, then os.replace.
-    Never overwrites the input file `meta.path`.
+    Never overwrites the input file `meta.path`. `meta.alpha` (from load_photo) is written back as
+    the alpha channel of an 8-bit PNG, TIFF or WebP.
     """
     path = Path(path)
     fmt = FORMATS.get(path.suffix.lower())
@@ -326,12 +426,17 @@ def save_image(path: str | Path, rgb: np.ndarray, meta: ImageMeta | None = None,
     if bit_depth not in (8, 16) or (bit_depth == 16 and fmt not in ("PNG", "TIFF")):
         raise ImageError(path, f"bit_depth={bit_depth} is not possible for {fmt}",
                          "use bit_depth=8, or 16 with .png or .tif")
-    rgb = np.asarray(rgb, dtype=np.float32)
+    rgb = np.asarray(rgb)
     if rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ImageError(path, f"expected an (H, W, 3) array, got shape {rgb.shape}",
                          "pass one RGB image")
-    rgb = np.clip(np.nan_to_num(rgb), 0, 1)
+    u8 = rgb if rgb.dtype == np.uint8 and bit_depth == 8 else None
+    if u8 is None:
+        rgb = np.clip(np.nan_to_num(rgb.astype(np.float32) / (255 if rgb.dtype == np.uint8 else 1)), 0, 1)
     icc, exif = (meta.icc_profile, meta.exif) if meta is not None else (None, None)
+    alpha = getattr(meta, "alpha", None)
+    if alpha is not None and (alpha.shape != rgb.shape[:2] or fmt == "JPEG"):
+        alpha = None  # another size (the caller resized) or a format without alpha
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
@@ -340,7 +445,8 @@ def save_image(path: str | Path, rgb: np.ndarray, meta: ImageMeta | None = None,
                 u16 = np.round(rgb * 65535).astype(np.uint16)
                 (_png16 if fmt == "PNG" else _tiff16)(f, u16, icc, exif)
             else:
-                _save8(f, np.round(rgb * 255).astype(np.uint8), fmt, quality, icc, exif, path)
+                u8 = np.round(rgb * 255).astype(np.uint8) if u8 is None else u8
+                _save8(f, u8, fmt, quality, icc, exif, path, alpha)
         os.replace(tmp, path)
     except ImageError:
         raise
@@ -351,7 +457,8 @@ def save_image(path: str | Path, rgb: np.ndarray, meta: ImageMeta | None = None,
         tmp.unlink(missing_ok=True)
 
 
-def _save8(f, u8: np.ndarray, fmt: str, quality: int, icc, exif, path: Path) -> None:
+def _save8(f, u8: np.ndarray, fmt: str, quality: int, icc, exif, path: Path,
+           alpha: np.ndarray | None = None) -> None:
     kw: dict = {"format": fmt}
     if icc:
         kw["icc_profile"] = icc
@@ -366,7 +473,10 @@ def _save8(f, u8: np.ndarray, fmt: str, quality: int, icc, exif, path: Path) -> 
         kw["quality"] = quality
     elif fmt == "TIFF" and features.check("libtiff"):
         kw["compression"] = "tiff_adobe_deflate"
-    Image.fromarray(u8, "RGB").save(f, **kw)
+    im = Image.fromarray(u8, "RGB")
+    if alpha is not None:
+        im.putalpha(Image.fromarray(alpha, "L"))
+    im.save(f, **kw)
 
 
 def _same_file(a: Path, b: Path) -> bool:

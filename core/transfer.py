@@ -111,6 +111,40 @@ def fit_affine_grid(lo_in: torch.Tensor, lo_out: torch.Tensor,
     return theta.transpose(-1, -2).float().contiguous()
 
 
+def _check_coeffs(full_in: torch.Tensor, coeffs: torch.Tensor) -> None:
+    if coeffs.ndim != 5 or coeffs.shape[-2:] != (3, 4) or coeffs.shape[0] != full_in.shape[0]:
+        raise ValueError(f"core/transfer.py: coeffs has shape {tuple(coeffs.shape)}; expected "
+                         f"({full_in.shape[0]}, G_h, G_w, 3, 4) from fit_affine_grid")
+
+
+def _apply_bands(full_in: torch.Tensor, coeffs: torch.Tensor, out: torch.Tensor, band_rows: int,
+                 dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The PyTorch apply, band_rows rows at a time; uint8 `out` means pixels in levels 0..255 and
+    the result rounded to uint8 in the same pass (no full-size float copy is ever made)."""
+    b, _, h, w = full_in.shape
+    gh, gw = coeffs.shape[1:3]
+    dev = full_in.device
+    scale = 255.0 if out.dtype == torch.uint8 else 1.0
+    coeffs = coeffs.to(dev, torch.float32).clone()
+    coeffs[..., 3] *= scale  # the offset b in the pixels' units
+    grid = coeffs.flatten(3).permute(0, 3, 1, 2)                          # (B, 12, gh, gw)
+    i0, i1, fx = _interp_index(w, gw, dev)
+    fx = fx.float()
+    along_x = (grid[..., i0] * (1 - fx) + grid[..., i1] * fx).to(dtype)  # (B, 12, gh, W)
+    j0, j1, fy = _interp_index(h, gh, dev)
+    fy = fy.to(dtype)[:, None]
+    for top in range(0, h, band_rows):
+        rows = slice(top, min(top + band_rows, h))
+        c = along_x[:, :, j0[rows]].lerp_(along_x[:, :, j1[rows]], fy[rows])
+        c = c.unflatten(1, (3, 4))                                        # (B, 3, 4, r, W)
+        px = full_in[:, :, rows].to(dtype)
+        band = c[:, :, 3].clone()
+        for k in range(3):
+            band.addcmul_(c[:, :, k], px[:, k:k + 1])
+        out[:, :, rows] = band.clamp_(0, scale).round_() if scale != 1 else band.clamp_(0, 1)
+    return out
+
+
 def apply_affine_grid(full_in: torch.Tensor, coeffs: torch.Tensor,
                       band_rows: int = BAND_ROWS) -> torch.Tensor:
     """Apply a (B, G_h, G_w, 3, 4) grid of affine colour transforms to a full-size image.
@@ -121,29 +155,41 @@ def apply_affine_grid(full_in: torch.Tensor, coeffs: torch.Tensor,
     result equals the one-shot computation. Returns (B, 3, H, W) float32 clamped to [0, 1].
     """
     _check_image("full_in", full_in)
-    if coeffs.ndim != 5 or coeffs.shape[-2:] != (3, 4) or coeffs.shape[0] != full_in.shape[0]:
-        raise ValueError(f"core/transfer.py: coeffs has shape {tuple(coeffs.shape)}; expected "
-                         f"({full_in.shape[0]}, G_h, G_w, 3, 4) from fit_affine_grid")
+    _check_coeffs(full_in, coeffs)
     b, _, h, w = full_in.shape
-    gh, gw = coeffs.shape[1:3]
-    dev = full_in.device
-    grid = coeffs.to(dev, torch.float32).flatten(3).permute(0, 3, 1, 2)   # (B, 12, gh, gw)
-    i0, i1, fx = _interp_index(w, gw, dev)
-    fx = fx.float()
-    along_x = grid[..., i0] * (1 - fx) + grid[..., i1] * fx              # (B, 12, gh, W)
-    j0, j1, fy = _interp_index(h, gh, dev)
-    fy = fy.float()[:, None]
-    out = torch.empty(b, 3, h, w, dtype=torch.float32, device=dev)
-    for top in range(0, h, band_rows):
-        rows = slice(top, min(top + band_rows, h))
-        c = along_x[:, :, j0[rows]].lerp_(along_x[:, :, j1[rows]], fy[rows])
-        c = c.unflatten(1, (3, 4))                                        # (B, 3, 4, r, W)
-        px = full_in[:, :, rows].float()
-        band = c[:, :, 3].clone()
-        for k in range(3):
-            band.addcmul_(c[:, :, k], px[:, k:k + 1])
-        out[:, :, rows] = band.clamp_(0, 1)
-    return out
+    out = torch.empty(b, 3, h, w, dtype=torch.float32, device=full_in.device)
+    return _apply_bands(full_in, coeffs, out, band_rows)
+
+
+def apply_affine_grid_u8(full_in: torch.Tensor, coeffs: torch.Tensor, band_rows: int | None = None,
+                         dtype: torch.dtype = torch.float32, out: torch.Tensor | None = None) -> torch.Tensor:
+    """apply_affine_grid on uint8 pixels: (B, 3, H, W) uint8 in (any layout; HWC photos as
+    channels_last views stay in place) -> (B, 3, H, W) uint8, rounded, in full_in's layout.
+
+    On the CPU the C kernel (core/kernels.py) reads each pixel once and writes it once; elsewhere
+    (CUDA, or no compiler) the PyTorch bands do the same arithmetic, in `dtype` (float16 on a GPU
+    halves the traffic; its error is at most one level, tests/test_speed_path.py).
+    Equals round(255 * apply_affine_grid(full_in / 255, coeffs)) within one level of 255.
+    `out`: a uint8 buffer like full_in to write into (reused buffers skip a fresh allocation).
+    """
+    _check_image("full_in", full_in)
+    _check_coeffs(full_in, coeffs)
+    if full_in.dtype != torch.uint8:
+        raise ValueError(f"core/transfer.py: full_in is {full_in.dtype}; apply_affine_grid_u8 takes uint8 "
+                         "pixels (use apply_affine_grid for float images)")
+    from core import kernels
+
+    if full_in.device.type == "cpu" and dtype == torch.float32 and kernels.available():
+        gh, gw = coeffs.shape[1:3]
+        h, w = full_in.shape[-2:]
+        grid = coeffs.float().clone()
+        grid[..., 3] *= 255
+        j0, j1, fy = _interp_index(h, gh, "cpu")
+        i0, _, fx = _interp_index(w, gw, "cpu")
+        return kernels.affine_grid_u8(full_in, grid.flatten(3), j0.int(), j1.int(), fy.float(), i0.int(),
+                                      fx.float(), out)
+    rows = band_rows or (BAND_ROWS if full_in.device.type == "cpu" else 1024)  # a GPU wants big launches
+    return _apply_bands(full_in, coeffs, torch.empty_like(full_in) if out is None else out, rows, dtype)
 
 
 def transfer_edit(full_in: torch.Tensor, lo_in: torch.Tensor, lo_out: torch.Tensor,

@@ -77,6 +77,8 @@ def main(argv=None) -> dict:
         w, h = parse_size(size)
         square = "x" not in size
         img = test_image(w, h)
+        if not square:  # a photo: 8-bit, through the uint8 photo path as enhance runs it
+            img = np.round(img * 255).astype(np.uint8)
         for row in rows:
             # square: the model runs at this size (no transfer needed); photo: the submission's whole path
             pipe = row["make_pipe"](max(w, h), "none") if square else row["make_pipe"](cfg.data.val_long_side)

@@ -117,6 +117,8 @@ def measure_row(row, cfg, photo: np.ndarray, device) -> dict:
     out = {}
     for res in e.resolutions:
         img, long_side = measure_input(res, photo, cfg.data.val_long_side)
+        if res.startswith("photo-"):  # a user's 8-bit photo: the uint8 photo path (core/pipeline.py)
+            img = np.round(np.clip(img, 0, 1) * 255).astype(np.uint8)
         pipe = row["make_pipe"](long_side)
         entry = {"size": f"{img.shape[1]}x{img.shape[0]}", "working_size": None,
                  **measure_pipe(pipe, img, device, e.warmup, e.repeats, e.max_seconds_per_measure)}

@@ -191,7 +191,8 @@ def write_cube(path: str | Path, table: torch.Tensor, title: str = "", comments:
 
 
 def apply_cube(cube: CubeLUT, x: torch.Tensor, band_pixels: int = BAND_PIXELS) -> torch.Tensor:
-    """x (B, 3, H, W) in the cube's domain (usually [0, 1]) -> (B, 3, H, W), trilinear, not clamped.
+    """x (B, 3, H, W) in the cube's domain (usually [0, 1]) -> (B, 3, H, W), trilinear, not clamped;
+    uint8 x (levels 0..255) -> uint8 through apply_lut's fast path (float for a non-default domain).
 
     Inputs are mapped from [DOMAIN_MIN, DOMAIN_MAX] to the lattice; colours outside the domain
     take the border entry (as Resolve and ffmpeg do).
@@ -200,5 +201,5 @@ def apply_cube(cube: CubeLUT, x: torch.Tensor, band_pixels: int = BAND_PIXELS) -
     if cube.domain_min != (0.0, 0.0, 0.0) or cube.domain_max != (1.0, 1.0, 1.0):
         lo = torch.tensor(cube.domain_min, device=x.device).view(1, 3, 1, 1)
         hi = torch.tensor(cube.domain_max, device=x.device).view(1, 3, 1, 1)
-        x = (x - lo) / (hi - lo)
+        x = ((x.float() / 255 if x.dtype == torch.uint8 else x) - lo) / (hi - lo)
     return apply_lut(table[None].expand(x.shape[0], -1, -1, -1, -1), x, band_pixels)

@@ -24,6 +24,7 @@ from torch import nn
 
 from core.images import to_numpy, to_tensor
 from core.models import ModelFolder
+from core.pipeline import photo_tensor
 
 BAND_PIXELS = 1 << 21  # pixels per grid_sample call at full resolution: ~50 MB of temporaries
 
@@ -44,12 +45,47 @@ def _sample(lut: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return out.squeeze(2)
 
 
-def apply_lut(lut: torch.Tensor, x: torch.Tensor, band_pixels: int = BAND_PIXELS) -> torch.Tensor:
-    """Apply per-image LUTs (B, 3, S, S, S) to x (B, 3, H, W) in [0, 1] -> (B, 3, H, W).
+def lut_levels(size: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where the 256 uint8 levels fall on a LUT axis of `size` entries (align_corners=True, as
+    `_sample`): the cell (int64, at most size - 2) and the weight of its upper neighbour (float32)."""
+    pos = torch.arange(256, dtype=torch.float64, device=device) * (size - 1) / 255
+    idx = pos.floor().clamp(max=size - 2)
+    return idx.long(), (pos - idx).float()
 
-    Large images go through in bands of rows (each pixel is independent, so the result is the
-    same) to keep the sampling grid small: a 24 MP photo needs no more than its output.
+
+def _apply_lut_u8(lut: torch.Tensor, x: torch.Tensor, band_pixels: int, out: torch.Tensor | None) -> torch.Tensor:
+    """uint8 pixels through the trilinear LUT, rounded to uint8: on the CPU one C loop
+    (core/kernels.py) that reads the LUT pre-interpolated at the 256 red levels, elsewhere `_sample`."""
+    from core import kernels
+
+    size = lut.shape[-1]
+    if x.device.type == "cpu" and kernels.available():
+        idx, frac = lut_levels(size)
+        red = torch.lerp(lut[..., idx].float(), lut[..., idx + 1].float(), frac)   # (B, 3, S_b, S_g, 256)
+        table = (red * 255).permute(0, 4, 3, 2, 1)                                  # (B, 256, S_g, S_b, 3)
+        return kernels.lut3d_u8(x, table, idx.int(), frac, out)
+    b, _, h, w = x.shape
+    out = torch.empty_like(x) if out is None else out
+    rows = max(1, band_pixels // max(1, b * w))
+    for top in range(0, h, rows):
+        band = _sample(lut.float(), x[:, :, top:top + rows].float() / 255)
+        out[:, :, top:top + rows] = band.mul_(255).clamp_(0, 255).round_()
+    return out
+
+
+def apply_lut(lut: torch.Tensor, x: torch.Tensor, band_pixels: int = BAND_PIXELS,
+              out: torch.Tensor | None = None) -> torch.Tensor:
+    """Apply per-image LUTs (B, 3, S, S, S) to x (B, 3, H, W) in [0, 1] -> (B, 3, H, W), trilinear.
+
+    float x -> float, not clamped. uint8 x (levels 0..255, any layout: an HWC photo as a
+    channels_last view is read in place) -> uint8, clamped and rounded, into `out` when given;
+    on the CPU that is a C kernel at a few memory copies' cost (the float path: 1.2 s at 24 MP),
+    within one level of round(255 * apply_lut(lut, x / 255)) (tests/test_speed_path.py).
+    Large float images go through in bands of rows (each pixel is independent, so the result is
+    the same) to keep the sampling grid small: a 24 MP photo needs no more than its output.
     """
+    if x.dtype == torch.uint8:
+        return _apply_lut_u8(lut, x, band_pixels, out)
     b, _, h, w = x.shape
     rows = max(1, band_pixels // max(1, b * w))
     if rows >= h:
@@ -166,8 +202,31 @@ class LUTPipeline:
         return self.model(x.to(self.device)).clamp(0, 1).cpu()
 
     @torch.no_grad()
+    def edit_batch(self, x: torch.Tensor, lo: torch.Tensor | None = None, out: torch.Tensor | None = None
+                   ) -> torch.Tensor:
+        """The photo path, as EditPipeline.edit_batch: (B, 3, H, W) uint8 -> uint8 on self.device.
+        The CNN's copy is an antialiased bilinear downscale of the uint8 pixels (`lo` unused: the
+        CNN has its own size); the LUT is applied to the uint8 pixels in one pass."""
+        t0 = self._now()
+        x = x.to(self.device, non_blocking=True)
+        size = (self.model.cnn_size, self.model.cnn_size)
+        small = F.interpolate(x if x.device.type == "cpu" else x.float(), size=size, mode="bilinear",
+                              align_corners=False, antialias=True).float() / 255
+        t1 = self._now()
+        lut, _ = self.model.mix(small)
+        t2 = self._now()
+        out = apply_lut(lut, x, self.band_pixels, out)
+        t3 = self._now()
+        self.timings = {"resize_ms": (t1 - t0) * 1e3, "encode_ms": 0.0, "model_ms": (t2 - t1) * 1e3,
+                        "decode_ms": 0.0, "fit_ms": 0.0, "transfer_ms": (t3 - t2) * 1e3}
+        return out
+
+    @torch.no_grad()
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
-        """(H, W, 3) float in [0, 1] -> (H, W, 3) float32 in [0, 1], every pixel through the LUT."""
+        """(H, W, 3) uint8 -> uint8 (edit_batch); float in [0, 1] -> float32 in [0, 1], every pixel
+        through the LUT."""
+        if rgb.dtype == np.uint8:
+            return self.edit_batch(photo_tensor(rgb))[0].permute(1, 2, 0).cpu().numpy()
         t0 = self._now()
         x = to_tensor(rgb, view=True).to(self.device)[None]  # a view: the look-up reads the pixels in place
         small = self.model.cnn_input(x)

@@ -1,0 +1,176 @@
+"""Throughput of `student.enhance` on a folder of 24 MP JPEGs, against a memory copy of the same bytes.
+
+    python -m eval.bench_enhance                          # 4 photos of 6000x4000, identity, student, LUT
+    python -m eval.bench_enhance --n 8 --model runs/demo/student --batch-size 2 --json bench.json
+
+1. Makes (once, in --folder) N real-looking photos: the demo's package photos (core.demo) upscaled
+   to --size with fine detail and sensor noise added, saved as JPEG quality 92 with EXIF.
+2. For each row (identity; a freshly initialised student built from --config; a freshly
+   initialised 3D LUT; each --model) runs enhance's own loop on the folder (decode and encode in
+   --workers threads, overlapped with the compute) and prints photos/s and ms per part: decode,
+   working copy, model (codec + network), transfer (fit + apply), encode.
+3. Then, photo by photo and in the same loop, it times the path without decode and encode
+   (uint8 photo on the device in, uint8 out: pipe.edit_batch) and a reference: one copy of the
+   photo's uint8 bytes into a preallocated tensor of the same size (`Tensor.copy_`). Their
+   ratio reads as the distance to the memory-bandwidth limit (p50 of --repeats rounds).
+No trained model is needed: a fresh student costs what a trained one of that architecture
+costs. Other processes on the machine move the absolute figures; the ratios are from one run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from core.batch import PARTS, enhance_files, plan
+from core.codecs import build_codec
+from core.config import load_config
+from core.demo import PHOTOS, photo_path
+from core.images import find_photos, load_photo
+from core.models import load_model
+from core.pipeline import EditPipeline
+from eval.throughput import device_name, synchronize
+
+
+def make_photos(folder: Path, n: int, w: int, h: int, seed: int = 0) -> list[Path]:
+    """N JPEGs of w x h in `folder` (kept: a second run reuses them): package photos upscaled,
+    with 1-2 px detail and noise so the encoder and decoder work as on a real photo."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        path = folder / f"photo_{i:03d}.jpg"
+        paths.append(path)
+        if path.exists():
+            continue
+        src = Image.open(photo_path(PHOTOS[i % len(PHOTOS)])).convert("RGB")
+        big = np.asarray(src.resize((w, h), Image.BICUBIC), dtype=np.int16)
+        detail = rng.normal(0, 6, (h // 2, w // 2, 1)).astype(np.int16).repeat(2, 0).repeat(2, 1)
+        noise = rng.normal(0, 2.5, (h, w, 3)).astype(np.int16)
+        photo = Image.fromarray(np.clip(big + detail + noise, 0, 255).astype(np.uint8))
+        exif = Image.Exif()
+        exif[0x010F] = "bench_enhance"  # Make: every output should carry it back
+        photo.save(path, quality=92, exif=exif)
+    return paths
+
+
+def demo_rows(cfg, device) -> list[tuple[str, object]]:
+    """(name, pipeline) for identity, a fresh student and a fresh LUT, as the demo config builds them."""
+    from dataclasses import asdict
+
+    from core.models import LoadedModel, serving_manifest
+    from lut import AdaptiveLUT
+    from student import Student
+
+    codec = build_codec(cfg.codec).to(device)
+    student = Student.from_config(cfg.student, codec.channels).eval()
+    with torch.no_grad():  # not the identity: a trained student's cost, a visible edit
+        student.net.conv_out.weight.normal_(0, 1e-3)
+    manifest = {"kind": "student", **serving_manifest(cfg, asdict(cfg.codec))}
+    model = LoadedModel(net=student.to(device), manifest=manifest, codec=codec, device=torch.device(device))
+    identity = EditPipeline(None, model.working_long_side, model.transfer, model.transfer_grid, device,
+                            model.size_multiple)
+    lut = cfg.lut
+    return [("identity", identity), ("student (fresh, demo config)", model.pipeline()),
+            ("3D LUT (fresh, demo config)", AdaptiveLUT(lut.num_basis, lut.size, lut.cnn_size).eval()
+             .to(device).full_resolution_pipeline(device))]
+
+
+def model_row(path: str, device) -> tuple[str, object]:
+    return path, load_model(path, device).pipeline()
+
+
+def time_path_and_copy(pipe, photos: list[Path], device, repeats: int) -> dict:
+    """p50 ms of pipe.edit_batch (uint8 on the device in and out) and of one uint8 copy of the photo,
+    alternated photo by photo so both see the same machine."""
+    path_ms, copy_ms, parts = [], [], []
+    for src in photos:
+        px, _ = load_photo(src)
+        x = torch.from_numpy(px).permute(2, 0, 1)[None].to(device)
+        out, dst = torch.empty_like(x), torch.empty_like(x)
+        pipe.edit_batch(x, out=out)  # warm-up (and the C kernels' first build)
+        for _ in range(repeats):
+            synchronize(device)
+            t0 = time.perf_counter()
+            dst.copy_(x)
+            synchronize(device)
+            t1 = time.perf_counter()
+            pipe.edit_batch(x, out=out)
+            synchronize(device)
+            t2 = time.perf_counter()
+            copy_ms.append((t1 - t0) * 1e3)
+            path_ms.append((t2 - t1) * 1e3)
+            parts.append(dict(pipe.timings))
+    keys = parts[0].keys()
+    return {"path_ms": float(np.median(path_ms)), "copy_ms": float(np.median(copy_ms)),
+            "ratio": float(np.median(path_ms) / np.median(copy_ms)),
+            "parts_ms": {k: float(np.median([p[k] for p in parts])) for k in keys}}
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--config", default="configs/demo.yaml", help="the architecture of the fresh student and LUT")
+    p.add_argument("--model", action="append", default=[], help="also a trained student/teacher folder (repeatable)")
+    p.add_argument("--n", type=int, default=4, help="photos in the folder")
+    p.add_argument("--size", default="6000x4000")
+    p.add_argument("--folder", default=None, help="where the photos are made (kept); default a temporary folder")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=3, help="rounds of the path-vs-copy timing per photo")
+    p.add_argument("--copy-photos", type=int, default=2, help="photos used for the path-vs-copy timing")
+    p.add_argument("--no-demo-rows", action="store_true", help="only the --model rows")
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+    w, h = (int(v) for v in args.size.lower().split("x"))
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    cfg = load_config(args.config)
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench_enhance_"))
+    folder = Path(args.folder) if args.folder else tmp / "photos"
+    try:
+        t0 = time.perf_counter()
+        photos = make_photos(folder, args.n, w, h)
+        print(f"{args.n} photos of {w}x{h} in {folder} ({time.perf_counter() - t0:.0f} s to make)")
+        rows = ([] if args.no_demo_rows else demo_rows(cfg, device)) + [model_row(m, device) for m in args.model]
+        results = {"device": device_name(device), "torch": torch.__version__, "size": args.size, "n": args.n,
+                   "workers": args.workers, "batch_size": args.batch_size, "rows": {}}
+        print(f"device: {results['device']}")
+        head = " ".join(f"{k:>8}" for k in ("photos/s", *PARTS, "path", "copy", "ratio"))
+        print(f"{'row':<30} {head}   (ms per photo; path = working copy + model + transfer, alone)")
+        for name, pipe in rows:
+            inputs, _ = find_photos(folder)
+            out_dir = tmp / "out"
+            shutil.rmtree(out_dir, ignore_errors=True)
+            run = enhance_files(pipe, plan(inputs, folder, out_dir), args.workers, args.batch_size, device=device)
+            if run["failed"]:
+                raise SystemExit(f"eval/bench_enhance.py: enhance failed on {run['failed'][:3]}")
+            alone = time_path_and_copy(pipe, photos[:args.copy_photos], device, args.repeats)
+            per = {k: v / max(1, run["done"]) for k, v in run["parts_ms"].items()}
+            results["rows"][name] = {"photos_per_s": run["photos_per_s"], "enhance_ms_per_photo": per, **alone}
+            cells = [f"{run['photos_per_s']:>8.2f}", *(f"{per[k]:>8.0f}" for k in PARTS),
+                     f"{alone['path_ms']:>8.1f}", f"{alone['copy_ms']:>8.1f}", f"{alone['ratio']:>7.1f}x"]
+            print(f"{name:<30} {' '.join(cells)}", flush=True)
+            print(f"{'':<30}   alone: " + ", ".join(f"{k} {v:.1f}" for k, v in alone["parts_ms"].items()))
+        names = list(results["rows"])
+        lut = next((n for n in names if "LUT" in n), None)
+        student = next((n for n in names if "student" in n), None)
+        if lut and student:
+            r = results["rows"][lut]["path_ms"] / results["rows"][student]["path_ms"]
+            results["lut_over_student"] = r
+            print(f"the LUT's path is {r:.2f}x the student's")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return results
+
+
+if __name__ == "__main__":
+    main()
