@@ -96,8 +96,10 @@ def fit_affine_grid(lo_in: torch.Tensor, lo_out: torch.Tensor,
     # float64: the moment sums cancel (E[xx] - E[x]^2) in flat cells.
     x = torch.cat([lo_in.double(), torch.ones_like(lo_in[:, :1], dtype=torch.float64)], 1)
     y = lo_out.double()
-    feats = torch.cat([(x[:, :, None] * x[:, None]).flatten(1, 2),      # (B, 16, h, w)
-                       (x[:, :, None] * y[:, None]).flatten(1, 2)], 1)  # (B, 12, h, w)
+    # einsum, not broadcasting: the broadcast product of (B, 4, 1, h, w) and (B, 1, 4, h, w) in float64
+    # took 50 ms at 256x160 here, this 0.4 ms
+    feats = torch.cat([torch.einsum("bihw,bjhw->bijhw", x, x).flatten(1, 2),    # (B, 16, h, w)
+                       torch.einsum("bihw,bjhw->bijhw", x, y).flatten(1, 2)], 1)  # (B, 12, h, w)
     wy, wx = _interp_matrix(h, gh, dev), _interp_matrix(w, gw, dev)
     stats = torch.einsum("bchw,wk->bchk", feats, wx)
     stats = torch.einsum("bchk,hg->bgkc", stats, wy)                     # (B, gh, gw, 28)

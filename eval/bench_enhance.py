@@ -12,7 +12,8 @@
 3. Then, photo by photo and in the same loop, it times the path without decode and encode
    (uint8 photo on the device in, uint8 out: pipe.edit_batch) and a reference: one copy of the
    photo's uint8 bytes into a preallocated tensor of the same size (`Tensor.copy_`). Their
-   ratio reads as the distance to the memory-bandwidth limit (p50 of --repeats rounds).
+   ratio reads as the distance to the memory-bandwidth limit (p50 of --repeats rounds). The
+   float path (what enhance ran before the uint8 path) is timed beside them: the before/after.
 No trained model is needed: a fresh student costs what a trained one of that architecture
 costs. Other processes on the machine move the absolute figures; the ratios are from one run.
 """
@@ -88,9 +89,10 @@ def model_row(path: str, device) -> tuple[str, object]:
 
 
 def time_path_and_copy(pipe, photos: list[Path], device, repeats: int) -> dict:
-    """p50 ms of pipe.edit_batch (uint8 on the device in and out) and of one uint8 copy of the photo,
-    alternated photo by photo so both see the same machine."""
-    path_ms, copy_ms, parts = [], [], []
+    """p50 ms of pipe.edit_batch (uint8 on the device in and out), of one uint8 copy of the photo,
+    and of the float path that enhance ran before the uint8 one (the photo as float32, the
+    float pipeline, back to uint8: `before_ms`), alternated photo by photo so all see the same machine."""
+    path_ms, copy_ms, before_ms, parts = [], [], [], []
     for src in photos:
         px, _ = load_photo(src)
         x = torch.from_numpy(px).permute(2, 0, 1)[None].to(device)
@@ -108,9 +110,12 @@ def time_path_and_copy(pipe, photos: list[Path], device, repeats: int) -> dict:
             copy_ms.append((t1 - t0) * 1e3)
             path_ms.append((t2 - t1) * 1e3)
             parts.append(dict(pipe.timings))
+        t0 = time.perf_counter()
+        np.round(pipe(px.astype(np.float32) / 255) * 255).astype(np.uint8)
+        before_ms.append((time.perf_counter() - t0) * 1e3)
     keys = parts[0].keys()
     return {"path_ms": float(np.median(path_ms)), "copy_ms": float(np.median(copy_ms)),
-            "ratio": float(np.median(path_ms) / np.median(copy_ms)),
+            "ratio": float(np.median(path_ms) / np.median(copy_ms)), "before_ms": float(np.median(before_ms)),
             "parts_ms": {k: float(np.median([p[k] for p in parts])) for k in keys}}
 
 
@@ -142,8 +147,10 @@ def main(argv=None) -> dict:
         results = {"device": device_name(device), "torch": torch.__version__, "size": args.size, "n": args.n,
                    "workers": args.workers, "batch_size": args.batch_size, "rows": {}}
         print(f"device: {results['device']}")
-        head = " ".join(f"{k:>8}" for k in ("photos/s", *PARTS, "path", "copy", "ratio"))
-        print(f"{'row':<30} {head}   (ms per photo; path = working copy + model + transfer, alone)")
+        head = " ".join(f"{k:>8}" for k in ("photos/s", *PARTS, "path", "copy", "ratio", "before"))
+        print(f"{'row':<30} {head}")
+        print(f"{'':<30} (ms per photo; path = working copy + model + transfer, timed alone; before = the "
+              "float path of the same pipeline)")
         for name, pipe in rows:
             inputs, _ = find_photos(folder)
             out_dir = tmp / "out"
@@ -155,7 +162,8 @@ def main(argv=None) -> dict:
             per = {k: v / max(1, run["done"]) for k, v in run["parts_ms"].items()}
             results["rows"][name] = {"photos_per_s": run["photos_per_s"], "enhance_ms_per_photo": per, **alone}
             cells = [f"{run['photos_per_s']:>8.2f}", *(f"{per[k]:>8.0f}" for k in PARTS),
-                     f"{alone['path_ms']:>8.1f}", f"{alone['copy_ms']:>8.1f}", f"{alone['ratio']:>7.1f}x"]
+                     f"{alone['path_ms']:>8.1f}", f"{alone['copy_ms']:>8.1f}", f"{alone['ratio']:>7.1f}x",
+                     f"{alone['before_ms']:>8.0f}"]
             print(f"{name:<30} {' '.join(cells)}", flush=True)
             print(f"{'':<30}   alone: " + ", ".join(f"{k} {v:.1f}" for k, v in alone["parts_ms"].items()))
         names = list(results["rows"])
