@@ -111,13 +111,17 @@ def versions() -> dict:
 
 
 def save_model_folder(directory: str | Path, tensors: dict[str, torch.Tensor], *, config: dict,
-                      manifest: dict | None = None, weights_name: str = WEIGHTS_NAME) -> Path:
-    """Write weights, config and manifest into `directory`, replacing it whole when complete."""
+                      manifest: dict | None = None, weights_name: str = WEIGHTS_NAME,
+                      extra: dict[str, dict[str, torch.Tensor]] | None = None) -> Path:
+    """Write weights, config and manifest into `directory`, replacing it whole when complete.
+    `extra`: more safetensors files by name (e.g. the colour prior a model was trained over)."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.tmp"))
     try:
         save_safetensors(tensors, tmp / weights_name)
+        for name, more in (extra or {}).items():
+            save_safetensors(more, tmp / name)
         atomic_write_json(tmp / CONFIG_NAME, config)
         full = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "versions": versions(),
                 "weights": weights_name, **(manifest or {})}

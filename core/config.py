@@ -54,6 +54,7 @@ class DataConfig:
     size_multiple: int = 32  # working sizes are multiples of this (codec factor x network downsampling)
     max_pixels: int = 200_000_000
     cache_latents: bool = True  # encode the pairs once with a frozen codec
+    augment_variants: int = 0  # input-side photometric variants per training pair (0 = none; core.demo)
 
 
 @dataclass
@@ -65,6 +66,14 @@ class CodecConfig:
     scaling_factor: float = 0.0  # 0 = take it from the model's config
     tiling: bool = True  # tiled encode/decode for large images (sd-vae)
     random_init: bool = False  # sd-vae: the architecture from `pretrained`'s config.json, random weights (no hub)
+
+
+@dataclass
+class PriorConfig:
+    """The global colour curve the networks start from (core/prior.py)."""
+
+    kind: str = "curve"  # curve: ridge cubic RGB polynomial fitted on the training pairs | none
+    ridge: float = 1e-4  # pull toward the identity, per pixel
 
 
 @dataclass
@@ -163,6 +172,7 @@ class DistillConfig:
     r1_gamma: float = 0.1
     adv_warmup_steps: int = 100
     cache_teacher: bool = True
+    unpaired: str = ""  # folder of unedited photos: the student also learns the teacher's edit of them
     discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
 
 
@@ -214,6 +224,7 @@ class TrainConfig:
     report_to: str = "tensorboard"  # tensorboard | wandb | none
     max_nonfinite_steps: int = 10  # stop after this many skipped steps in a row
     log_every: int = 10
+    keep_best: bool = False  # keep the weights with the best validation PSNR (step 0, the prior, included)
 
 
 @dataclass
@@ -234,6 +245,7 @@ class Config:
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
     data: DataConfig = field(default_factory=DataConfig)
     codec: CodecConfig = field(default_factory=CodecConfig)
+    prior: PriorConfig = field(default_factory=PriorConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
@@ -345,6 +357,7 @@ def config_from_dict(data: dict) -> Config:
 
 def validate(cfg: Config) -> None:
     choices = {
+        "prior.kind": (cfg.prior.kind, ("curve", "none")),
         "codec.kind": (cfg.codec.kind, ("pixel", "sd-vae", "taesd", "tae")),
         "teacher.kind": (cfg.teacher.kind, ("flow", "hypir")),
         "teacher.sampler": (cfg.teacher.sampler, ("euler", "heun")),

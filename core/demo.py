@@ -157,6 +157,33 @@ def unedit(target_rgb: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray
     return srgb, params
 
 
+def photometric_variant(x, rng: np.random.Generator):
+    """The same shot as another camera setting might have taken it: an input-side training
+    augmentation (the target stays). x: (3, H, W) torch tensor in [0, 1] -> same shape.
+
+    Exposure +-0.7 EV and white balance / tint (+-8 %) in linear light, highlights clipped at
+    0.85-1 (blown windows) half of the time, sensor noise (sigma <= 0.015), JPEG (q 60-95) half
+    of the time.
+    """
+    import io
+
+    import torch
+
+    rgb = x.permute(1, 2, 0).double().numpy()
+    lin = srgb_to_linear(np.clip(rgb, 0, 1)) * 2.0 ** rng.uniform(-0.7, 0.7)
+    gains = np.exp(rng.normal(0.0, 0.08, 3))
+    lin = lin * gains / (LUMA @ gains)
+    srgb = linear_to_srgb(lin)
+    if rng.random() < 0.5:
+        srgb = np.minimum(srgb, rng.uniform(0.85, 1.0))
+    srgb = np.clip(srgb + rng.normal(0.0, rng.uniform(0, 0.015), srgb.shape), 0, 1)
+    if rng.random() < 0.5:
+        buf = io.BytesIO()
+        Image.fromarray((srgb * 255 + 0.5).astype(np.uint8)).save(buf, "JPEG", quality=int(rng.integers(60, 96)))
+        srgb = np.asarray(Image.open(buf).convert("RGB"), dtype=np.float64) / 255
+    return torch.from_numpy(np.ascontiguousarray(srgb.transpose(2, 0, 1))).float()
+
+
 def random_crop(photo: Image.Image, long_side: int, rng: np.random.Generator):
     """A random crop resized so the long side is long_side and both sides are multiples of 16.
 

@@ -90,12 +90,17 @@ class ModelFolder:
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.load_state_dict(state)
 
-    def save_pretrained(self, directory: str | Path, manifest: dict | None = None) -> Path:
-        """Write the model folder; `manifest` holds `serving_manifest(cfg, codec)` and the stage's figures."""
+    def save_pretrained(self, directory: str | Path, manifest: dict | None = None, prior=None) -> Path:
+        """Write the model folder; `manifest` holds `serving_manifest(cfg, codec)` and the stage's figures.
+        `prior`: the colour prior (core.prior.ColourPrior) the model learnt the residual over, saved with it."""
         config = {"kind": self.kind, "arch": self.arch}
         full = {"kind": self.kind, "class": class_path(type(self)), **(manifest or {})}
+        extra = None
+        if prior is not None:
+            full["prior"] = prior.describe()
+            extra = {prior.weights_name: prior.state_dict()}
         return save_model_folder(directory, self.trainable_state_dict(), config=config, manifest=full,
-                                 weights_name=self.weights_name)
+                                 weights_name=self.weights_name, extra=extra)
 
     @classmethod
     def from_arch(cls, arch: dict):
@@ -133,6 +138,7 @@ class LoadedModel:
     device: torch.device = torch.device("cpu")
     num_steps: int | None = None  # None: the model's own default K
     latent_fn: object = None  # replaces net.infer on latents (a compiled or exported path)
+    prior: torch.nn.Module | None = None  # the colour prior applied before the codec (core.prior)
     timings: dict = dataclasses.field(default_factory=dict)  # ms of the last __call__'s parts
 
     @property
@@ -191,7 +197,7 @@ class LoadedModel:
             out = self.net.infer(x, self.num_steps)
             self.timings = {"encode_ms": 0.0, "model_ms": (_now(self.device) - t0) * 1e3, "decode_ms": 0.0}
             return out.float().clamp(0, 1)
-        z = self.codec.encode(x)
+        z = self.codec.encode(x if self.prior is None else self.prior(x))
         t1 = _now(self.device)
         z = self.predict(z)
         t2 = _now(self.device)
@@ -234,4 +240,22 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
         codec = build_codec(CodecConfig(**codec)).to(device)
     else:
         codec = None
-    return LoadedModel(net=net, manifest=manifest, codec=codec, device=device)
+    prior = load_prior(folder, manifest, device)
+    return LoadedModel(net=net, manifest=manifest, codec=codec, device=device, prior=prior)
+
+
+def load_prior(folder: Path, manifest: dict, device: torch.device):
+    """The colour prior saved beside a model (manifest "prior"), or None."""
+    entry = manifest.get("prior")
+    if not entry:
+        return None
+    from core.checkpoint import load_safetensors
+
+    cls = import_class(entry["class"], folder)
+    return cls(load_safetensors(folder / entry["weights"])["coeffs"], float(entry["ridge"])).to(device)
+
+
+def curve_model(prior, device: torch.device) -> LoadedModel:
+    """The colour prior as a model of its own: the curve row of every report."""
+    manifest = {"kind": prior.kind, "class": class_path(type(prior)), "codec": None, "prior": prior.describe()}
+    return LoadedModel(net=prior, manifest=manifest, device=device)

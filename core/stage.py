@@ -12,7 +12,7 @@ import torch
 from core.config import Config, save_config
 from core.data import PairSource
 from core.images import psnr_db
-from core.latents import LatentPairDataset, load_val_set
+from core.latents import LatentPairDataset, load_pair_tensors, load_val_set
 
 
 def open_sources(cfg: Config, accelerator) -> tuple[PairSource, PairSource]:
@@ -32,11 +32,39 @@ def open_sources(cfg: Config, accelerator) -> tuple[PairSource, PairSource]:
     return train, val
 
 
-def latent_dataset(cfg: Config, source: PairSource, codec, accelerator) -> LatentPairDataset:
-    """Cached latents; the main process encodes first so the others only read the cache."""
+def fit_prior(cfg: Config, source: PairSource):
+    """The colour prior (core.prior) fitted on the training pairs at the training size, or None
+    (prior.kind: none). Closed form, deterministic: every process fits the same one."""
+    if cfg.prior.kind == "none":
+        return None
+    from core.prior import ColourPrior
+
+    pairs = (load_pair_tensors(source, i, cfg.data.train_long_side, cfg.data.size_multiple)
+             for i in range(len(source)))
+    return ColourPrior.fit(pairs, ridge=cfg.prior.ridge)
+
+
+def unpaired_source(path: str | Path, max_pixels: int) -> PairSource:
+    """A folder of unedited photos as a PairSource whose targets are the inputs themselves (for
+    LatentPairDataset(paired=False): no loss sees those targets)."""
+    from core.data import Pair
+    from core.images import list_photos, read_size
+
+    photos = list_photos(path, flag="distill.unpaired")
+    if not photos:
+        raise FileNotFoundError(f"distill.unpaired={path}: no photos (.jpg .png .tif .webp) in that folder")
+    pairs = [Pair(p.stem, str(p), str(p), read_size(p), read_size(p)) for p in photos]
+    return PairSource(str(path), pairs, max_pixels=max_pixels)
+
+
+def latent_dataset(cfg: Config, source: PairSource, codec, accelerator, prior=None,
+                   paired: bool = True) -> LatentPairDataset:
+    """Cached latents (inputs through `prior` first); the main process encodes first so the others
+    only read the cache. `paired=False`: unedited photos, no targets (core.latents)."""
     cache = Path(cfg.experiment.output_root) / "cache" / "latents" if cfg.data.cache_latents else None
     kw = dict(long_side=cfg.data.train_long_side, crop_size=cfg.data.crop_size, flip=cfg.data.flip,
-              seed=cfg.experiment.seed, cache_dir=cache, multiple=cfg.data.size_multiple)
+              seed=cfg.experiment.seed, cache_dir=cache, multiple=cfg.data.size_multiple, prior=prior,
+              variants=cfg.data.augment_variants, paired=paired)
     ds = None
     if accelerator.is_main_process:
         ds = LatentPairDataset(source, codec, show_progress=True, **kw)
@@ -90,24 +118,32 @@ def make_validator(cfg: Config, accelerator, val_source: PairSource, edit: Calla
 
 
 def finish(accelerator, model, result: dict, validate: Callable):
-    """After train(): the EMA weights copied into the model, validated. (unwrapped model, metrics)."""
+    """After train(): the EMA weights (or, with train.keep_best, the best validated ones) copied
+    into the model, validated. (unwrapped model, metrics)."""
     unwrapped = accelerator.unwrap_model(model)
-    if result["ema"] is not None:
+    if result.get("best") is not None:
+        load = getattr(unwrapped, "load_trainable_state_dict", unwrapped.load_state_dict)
+        load({k: v.to(next(unwrapped.parameters()).device) for k, v in result["best"]["state"].items()})
+    elif result["ema"] is not None:
         result["ema"].store_and_copy_to(unwrapped)
-    return unwrapped, validate(result["step"], True)
+    metrics = validate(result["step"], True)
+    if result.get("best") is not None and metrics:
+        metrics["selected_step"] = result["best"]["step"]
+    return unwrapped, metrics
 
 
 def train_and_save(accelerator, cfg: Config, args, *, stage: str, phases: list, dataset, total_steps: int,
                    out_dir: Path, model, validate: Callable, description: str, codec: dict | None,
                    wall_start: float, label: str, manifest: dict | None = None,
-                   tracker: str | None = None) -> dict:
+                   tracker: str | None = None, prior=None) -> dict:
     """The end every training stage shares: trackers, `core.trainer.train` (EMA on `model`), then on
     the main process the EMA weights validated and saved to {out_dir}/model with a manifest
     ({"stage", serving_manifest(cfg, codec), step, times, metrics, final_loss, **manifest}) and a
     line saying what `label` reached; the trackers end.
 
     `tracker`: the TensorBoard / W&B project name (default: `stage`). Returns the validation metrics
-    ({} on the other processes)."""
+    ({} on the other processes). `prior`: the colour prior the model learnt the residual over,
+    saved in the model folder beside it."""
     from core.models import serving_manifest
     from core.trainer import train
 
@@ -118,7 +154,7 @@ def train_and_save(accelerator, cfg: Config, args, *, stage: str, phases: list, 
     metrics = {}
     if accelerator.is_main_process:
         unwrapped, metrics = finish(accelerator, model, result, validate)
-        unwrapped.save_pretrained(out_dir / "model", manifest={
+        unwrapped.save_pretrained(out_dir / "model", prior=prior, manifest={
             "stage": stage, **serving_manifest(cfg, codec), "step": result["step"],
             "train_seconds": result["train_seconds"], "wall_seconds": time.time() - wall_start,
             "metrics": metrics, "final_loss": result["last_logs"].get("loss"), "train_pairs": len(dataset),

@@ -244,7 +244,11 @@ def train(accelerator, tc: TrainConfig, *, phases: list[Phase], dataset, total_s
         batch = default_collate([dataset[i] for i in ids])
         return {k: v.to(accelerator.device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
+    best_path = output_dir / "best"  # tc.keep_best: the best validated weights so far, kept across resumes
+    best = _read_best(best_path) if tc.keep_best else None
+
     def log_validation():
+        nonlocal best
         if validate is None:
             return
         unwrapped = accelerator.unwrap_model(ema_module) if ema_module is not None else None
@@ -253,12 +257,19 @@ def train(accelerator, tc: TrainConfig, *, phases: list[Phase], dataset, total_s
         try:
             with torch.random.fork_rng(devices=[]):  # validation must not shift the training RNG
                 metrics = validate(state.step, ema is not None)
+            if tc.keep_best and metrics and unwrapped is not None and (best is None or metrics["psnr"] > best["psnr"]):
+                best = {"step": state.step, "psnr": metrics["psnr"],
+                        "state": {k: v.detach().cpu().clone() for k, v in _trained(unwrapped).items()}}
+                _write_best(best_path, best)
         finally:
             if ema is not None:
                 ema.restore(unwrapped)
         if metrics:
             accelerator.log({f"val/{k}": v for k, v in metrics.items()}, step=state.step)
             accelerator.print(f"step {state.step}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+
+    if tc.keep_best and state.step == 0:
+        log_validation()  # step 0 is a candidate: a model that starts at the prior is never kept below it
 
     progress = _progress(accelerator.is_main_process)
     task = progress.add_task(description, total=total_steps, completed=state.step, info="")
@@ -322,4 +333,24 @@ def train(accelerator, tc: TrainConfig, *, phases: list[Phase], dataset, total_s
                 log_validation()
     log_validation()
     accelerator.wait_for_everyone()
-    return {"step": state.step, "train_seconds": state.train_seconds, "ema": ema, "last_logs": logs}
+    return {"step": state.step, "train_seconds": state.train_seconds, "ema": ema, "last_logs": logs, "best": best}
+
+
+def _trained(module: nn.Module) -> dict[str, torch.Tensor]:
+    """What a model trains (a hypir teacher: its LoRA adapters only), the part worth keeping."""
+    return module.trainable_state_dict() if hasattr(module, "trainable_state_dict") else module.state_dict()
+
+
+def _write_best(folder: Path, best: dict) -> None:
+    from core.checkpoint import atomic_write_json, save_safetensors
+
+    save_safetensors(best["state"], folder / "weights.safetensors")
+    atomic_write_json(folder / "best.json", {"step": best["step"], "psnr": best["psnr"]})
+
+
+def _read_best(folder: Path) -> dict | None:
+    from core.checkpoint import load_safetensors, read_json
+
+    if not (folder / "best.json").is_file():
+        return None
+    return {**read_json(folder / "best.json"), "state": load_safetensors(folder / "weights.safetensors")}

@@ -5,9 +5,13 @@
     python distill/run.py --config configs/demo.yaml distill.lambda_adv=0      # no adversarial term
 
 L_student = lambda_distill * L_distill(G(z_in), teacher_K(z_in))       teacher outputs, cached
-          + lambda_gt      * || G(z_in) - z_target ||^2                 the professional edit
+          + lambda_gt      * || G(z_in) - z_target ||^2                 the professional edit (paired only)
           + lambda_adv     * L_gan_G(D(G(z_in), z_in))                  after adv_warmup_steps
 L_disc    = L_gan_D(D(z_target, z_in), D(G(z_in), z_in)) + r1_gamma / 2 * R1(reals)
+
+z_in is the latent of prior(x), the teacher's colour prior. With `distill.unpaired: DIR` the
+student also learns the teacher's edit of unedited photos (L_distill and the adversarial term on
+them); the discriminator's reals and the ground-truth term stay the professional edits.
 
 Writes {output_root}/{name}/student/: checkpoint-N/ (student, discriminator, both optimisers),
 logs/, val/, config.yaml and model/ (what eval/ and student.enhance load).
@@ -28,7 +32,14 @@ from core.cli import load_stage_config, stage_parser
 from core.gan import gan_d_loss, gan_g_loss, r1_penalty
 from core.models import LoadedModel, load_model
 from core.perf import apply_speed_options, math_attention
-from core.stage import latent_dataset, make_validator, open_sources, train_and_save, write_run_config
+from core.stage import (
+    latent_dataset,
+    make_validator,
+    open_sources,
+    train_and_save,
+    unpaired_source,
+    write_run_config,
+)
 from core.trainer import Phase, make_accelerator, make_optimizer
 from distill.discriminators import build_discriminator
 from distill.losses import distill_loss
@@ -66,12 +77,14 @@ def losses(d, accelerator, teacher, student_p, disc_p, real_label: float):
         return batch["z_teacher"] if "z_teacher" in batch else teacher.predict(batch["z_in"])
 
     def disc_loss(batch, step):
-        z_in, real = batch["z_in"], batch["z_target"]
+        z_in, paired = batch["z_in"], batch["has_target"] > 0
         with torch.no_grad():
             fake = student_p(z_in)
-        real = real.detach().requires_grad_(d.r1_gamma > 0)
+        if not paired.any():  # unpaired photos only: no professional edit to show D, so no D step
+            return disc_p(fake.detach(), z_in).sum() * 0.0, {}
+        real = batch["z_target"][paired].detach().requires_grad_(d.r1_gamma > 0)
         with math_attention() if d.r1_gamma > 0 else contextlib.nullcontext():  # R1 needs 2nd derivatives
-            real_logits = disc_p(real, z_in)
+            real_logits = disc_p(real, z_in[paired])
         loss = gan_d_loss(d.gan_loss, real_logits, disc_p(fake.detach(), z_in), real_label=real_label)
         parts = {"loss_d": loss.detach()}
         if d.r1_gamma > 0:
@@ -87,7 +100,9 @@ def losses(d, accelerator, teacher, student_p, disc_p, real_label: float):
         loss = d.lambda_distill * l_distill
         parts = {"loss_distill": l_distill.detach()}
         if d.lambda_gt > 0:
-            l_gt = torch.mean((z_out.float() - batch["z_target"].float()) ** 2)  # || G(z_in) - z_target ||^2
+            w = batch["has_target"].float().view(-1, 1, 1, 1)  # unpaired photos have no edit to match
+            err = w * (z_out.float() - batch["z_target"].float()) ** 2  # || G(z_in) - z_target ||^2
+            l_gt = err.sum() / (w.sum().clamp(min=1) * err[0].numel())
             loss = loss + d.lambda_gt * l_gt
             parts["loss_gt"] = l_gt.detach()
         if adversarial(step):
@@ -122,9 +137,12 @@ def main(argv=None) -> dict:
     teacher.net.requires_grad_(False)
     codec = teacher.codec
 
-    # data: cached latents plus the teacher's K-step outputs for each of them
+    # data: cached latents (through the teacher's prior), unpaired photos, the teacher's outputs for all
     train_src, val_src = open_sources(cfg, accelerator)
-    dataset = latent_dataset(cfg, train_src, codec, accelerator)
+    dataset = latent_dataset(cfg, train_src, codec, accelerator, prior=teacher.prior)
+    if d.unpaired:
+        photos = unpaired_source(d.unpaired, cfg.data.max_pixels)
+        dataset.extend(latent_dataset(cfg, photos, codec, accelerator, prior=teacher.prior, paired=False))
     add_teacher_targets(cfg, dataset, teacher, teacher_dir, accelerator)
 
     # student, discriminator, optimisers
@@ -144,16 +162,17 @@ def main(argv=None) -> dict:
 
     phases = [Phase("disc", disc_p, opt_d, sched_d, disc_loss, active=adversarial),
               Phase("student", student_p, opt_g, sched_g, student_loss)]
-    validate = make_validator(cfg, accelerator, val_src, LoadedModel(student, {}, codec, accelerator.device),
-                              out_dir)
+    validate = make_validator(cfg, accelerator, val_src,
+                              LoadedModel(student, {}, codec, accelerator.device, prior=teacher.prior), out_dir)
     teacher_psnr = teacher.manifest.get("metrics", {}).get("psnr", float("nan"))
     return train_and_save(
         accelerator, cfg, args, stage="student", phases=phases, dataset=dataset, total_steps=total_steps,
         out_dir=out_dir, model=student_p, validate=validate, description="distill", tracker="distill",
-        codec=teacher.manifest["codec"], wall_start=wall_start,
+        codec=teacher.manifest["codec"], wall_start=wall_start, prior=teacher.prior,
         label=f"student (1 step; teacher K={teacher.net.num_steps}: {teacher_psnr:.2f} dB)", manifest={
             "teacher": str(teacher_dir), "teacher_metrics": teacher.manifest.get("metrics", {}),
-            "function_evals": 1, "lambda_adv": d.lambda_adv, "discriminator": d.discriminator.kind})
+            "function_evals": 1, "lambda_adv": d.lambda_adv, "discriminator": d.discriminator.kind,
+            "unpaired": d.unpaired or None})
 
 
 if __name__ == "__main__":

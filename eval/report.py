@@ -253,6 +253,7 @@ h1{margin-bottom:4px} h2{border-bottom:1px solid #ddd;padding-bottom:4px;margin-
 th,td{border:1px solid #ccc;padding:4px 8px;text-align:right} th{background:#f3f3f3}
 td:first-child,th:first-child{text-align:left;white-space:nowrap}
 tr.chosen td{background:#fff6d5;font-weight:600}
+p.warn{background:#fde2e1;border-left:4px solid #c0392b;padding:6px 10px}
 .na{color:#999;font-style:italic} .note{color:#555;font-size:13px;max-width:1000px}
 .strip{display:grid;grid-template-columns:repeat(var(--n),1fr);gap:6px;margin:6px 0 18px}
 .strip figure{margin:0} .strip img{width:100%;display:block;border:1px solid #ddd}
@@ -305,6 +306,7 @@ def _html(report: dict, cfg, out_dir: Path) -> str:
          f"{_esc(_num(detail.get('quality'), '{:.3f}'))}, efficiency "
          f"{_esc(_num(detail.get('efficiency'), '{:.3f}'))}). The identity baseline is scored "
          "for context and never chosen.</p>"),
+         "".join(f'<p class="warn"><b>Warning:</b> {_esc(w)}</p>' for w in sel.get("warnings", [])),
          f'<p class="note">{_esc(sel.get("normalisation", ""))}</p>',
          html_table(score_table(report, cfg)),
          "<h2>Quality (mean over the evaluation photos, at output resolution)</h2>",
@@ -386,7 +388,7 @@ def _writeup(report: dict, cfg) -> str:
                     else "none: the decoded working copy is resized to the photo's size")
     L = [f"# Write-up: {c('experiment.name', '')}", "",
          (f"Device: {report.get('device', NA)}. Evaluation photos: {report.get('num_images', NA)}. "
-         f"Chosen: **{chosen['name']}**."), "",
+         f"Chosen: **{chosen['name']}**.") + "".join(f" **Warning:** {w}" for w in sel.get("warnings", [])), "",
          "## Architecture", "", "The flow of one photo:", "", "```",
          "input photo (any size; oriented; sRGB float in [0, 1])",
          f"  -> working copy (long side {c('data.val_long_side')}, a multiple of the codec factor)",

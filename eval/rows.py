@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from core.checkpoint import CheckpointError
-from core.models import LoadedModel, load_model
+from core.models import LoadedModel, curve_model, load_model
 from core.pipeline import EditPipeline
 
 
@@ -27,6 +27,10 @@ def load_models(cfg, device) -> tuple[list[dict], LoadedModel]:
 
     rows = [{"name": "identity", "kind": "baseline", "make_pipe": identity_pipe, "function_evals": 0,
              "manifest": {}, "has_model": False}]
+    if teacher.prior is not None:  # the global colour curve the networks start from: their floor
+        curve = curve_model(teacher.prior, device)
+        rows.append({"name": "curve", "kind": "baseline", "make_pipe": model_pipe(curve), "function_evals": 0,
+                     "manifest": curve.manifest})
     for k in sorted(set(cfg.eval.teacher_steps)):
         at_k = teacher.with_steps(k)
         rows.append({"name": f"teacher K={k}", "kind": "teacher", "num_steps": k, "function_evals":

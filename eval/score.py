@@ -46,4 +46,21 @@ def score_rows(rows: list[dict], e: EvalConfig) -> dict:
     chosen = max(eligible, key=lambda r: r["score"]["score"]) if eligible else rows[0]
     return {"chosen": chosen["name"], "kind": chosen["kind"], "scores": scores,
             "normalisation": normalisation_text(e), "score_resolution": e.score_resolution,
-            "chosen_detail": chosen["score"]}
+            "chosen_detail": chosen["score"], "warnings": quality_warnings(rows, chosen)}
+
+
+def quality_warnings(rows: list[dict], chosen: dict) -> list[str]:
+    """Plain sentences for every row, the chosen one first, whose quality is below the input
+    itself (identity) or below the closed-form colour curve: a trained model that does worse than
+    either is not worth its training, and the report must say so."""
+    psnr = {r["name"]: r["quality"]["mean"]["psnr"] for r in rows}
+    out = []
+    for row in [chosen] + [r for r in rows if r is not chosen]:
+        if row["name"] in ("identity", "curve"):
+            continue
+        for base, what in (("identity", "the unedited input"), ("curve", "the global colour curve")):
+            if base in psnr and psnr[row["name"]] < psnr[base]:
+                who = "The chosen model" if row is chosen else "Row"
+                out.append(f"{who} '{row['name']}' is below {what} ('{base}'): {psnr[row['name']]:.2f} dB "
+                           f"against {psnr[base]:.2f} dB PSNR.")
+    return out

@@ -27,8 +27,11 @@ class FlowTeacher(ModelFolder, nn.Module):
                          noise_std=noise_std, t_scale=t_scale, num_steps=num_steps, sampler=sampler)
         self.channels, self.noise_std, self.t_scale = channels, noise_std, t_scale
         self.num_steps, self.sampler = num_steps, sampler
-        self.net = to_channels_last(make_unet(2 * channels, channels, block_out_channels, layers_per_block,
-                                              norm_num_groups))
+        net = make_unet(2 * channels, channels, block_out_channels, layers_per_block, norm_num_groups)
+        # velocity 0 at the start: the untrained teacher returns its input, the colour prior's output
+        torch.nn.init.zeros_(net.conv_out.weight)
+        torch.nn.init.zeros_(net.conv_out.bias)
+        self.net = to_channels_last(net)
 
     def velocity(self, z_t: torch.Tensor, t: torch.Tensor, z_in: torch.Tensor) -> torch.Tensor:
         """z_t, z_in (B, C, h, w); t (B,) in [0, 1] -> velocity (B, C, h, w)."""

@@ -20,7 +20,7 @@ from core.cli import load_stage_config, stage_parser
 from core.codecs import build_codec
 from core.models import LoadedModel
 from core.perf import apply_speed_options
-from core.stage import latent_dataset, make_validator, open_sources, train_and_save, write_run_config
+from core.stage import fit_prior, latent_dataset, make_validator, open_sources, train_and_save, write_run_config
 from core.trainer import Phase, make_accelerator, make_optimizer
 from teacher.losses import TeacherLoss
 from teacher.models import build_teacher
@@ -35,10 +35,11 @@ def main(argv=None) -> dict:
     write_run_config(cfg, out_dir, accelerator)
     wall_start = time.time()
 
-    # data and codec
+    # data, the colour prior the teacher learns the residual over, codec
     train_src, val_src = open_sources(cfg, accelerator)
+    prior = fit_prior(cfg, train_src)
     codec = build_codec(cfg.codec).to(accelerator.device)
-    dataset = latent_dataset(cfg, train_src, codec, accelerator)
+    dataset = latent_dataset(cfg, train_src, codec, accelerator, prior=prior)
 
     # model, optimiser
     torch.manual_seed(cfg.experiment.seed)  # same initial weights on every process
@@ -49,14 +50,14 @@ def main(argv=None) -> dict:
     model, optimizer = accelerator.prepare(teacher, optimizer)
     losses = TeacherLoss(cfg, model, teacher.kind, codec, accelerator, total_steps)  # latent, pixel, LPIPS, GAN
 
-    validate = make_validator(cfg, accelerator, val_src, LoadedModel(teacher, {}, codec, accelerator.device),
-                              out_dir)
+    validate = make_validator(cfg, accelerator, val_src,
+                              LoadedModel(teacher, {}, codec, accelerator.device, prior=prior), out_dir)
     return train_and_save(
         accelerator, cfg, args, stage="teacher",
         phases=losses.phases(Phase("teacher", model, optimizer, scheduler, losses.loss_fn)),
         dataset=dataset, total_steps=total_steps, out_dir=out_dir, model=model, validate=validate,
         description=f"teacher ({teacher.kind})", codec=vars(cfg.codec).copy(), wall_start=wall_start,
-        label=f"teacher ({teacher.kind}, K={teacher.num_steps})",
+        label=f"teacher ({teacher.kind}, K={teacher.num_steps})", prior=prior,
         manifest={"num_steps": teacher.num_steps, "function_evals": teacher.function_evals(),
                   "parameters": sum(p.numel() for p in teacher.parameters()),
                   "trainable_parameters": sum(p.numel() for p in teacher.trainable_parameters())})

@@ -1,0 +1,141 @@
+"""The global colour prior: the closed-form floor every trained model starts from."""
+
+import torch
+
+from core.images import psnr_db
+from core.prior import ColourPrior, monomials
+from tests.conftest import REPO, tiny_overrides
+
+CONFIG = str(REPO / "configs" / "demo.yaml")
+
+
+def known_curve(x: torch.Tensor) -> torch.Tensor:
+    """A tone and colour edit that is a cubic in R, G, B (so the prior can represent it): lifted
+    shadows, a warm shift, a little cross-talk; it stays inside [0, 1] for x in [0, 1]."""
+    r, g, b = x
+    return torch.stack([0.05 + 0.85 * r + 0.4 * r * (1 - r) * (1 - r) + 0.05 * g * b,
+                        0.03 + 0.9 * g + 0.3 * g * (1 - g) - 0.02 * r * b,
+                        0.9 * b + 0.1 * b * b * (1 - g)]).clamp(0, 1)
+
+
+def test_prior_fitted_to_a_known_curve_reproduces_it():
+    g = torch.Generator().manual_seed(0)
+    pairs = [(x, known_curve(x)) for x in (torch.rand(3, 48, 64, generator=g) for _ in range(3))]
+    prior = ColourPrior.fit(pairs)
+    test = torch.rand(3, 40, 40, generator=g)
+    assert psnr_db(prior(test[None])[0], known_curve(test)) > 40
+
+
+def test_prior_starts_at_identity_and_keeps_its_shape():
+    x = torch.rand(2, 3, 8, 9)
+    assert torch.allclose(ColourPrior()(x), x, atol=1e-6)
+    assert monomials(x).shape == (2, 20, 8, 9)
+
+
+def test_prior_applies_in_bands_like_whole(monkeypatch):
+    import core.prior as prior_module
+
+    prior = ColourPrior.fit([(torch.rand(3, 16, 16), torch.rand(3, 16, 16))])
+    x = torch.rand(1, 3, 37, 23)
+    whole = prior(x)
+    monkeypatch.setattr(prior_module, "BAND_PIXELS", 50)  # two rows a band
+    assert torch.allclose(prior(x), whole, atol=1e-6)
+
+
+def test_untrained_teacher_and_student_return_the_prior_exactly():
+    """Zero-initialised outputs: at step 0 every network's edit is the curve's (pixel codec: lossless)."""
+    from core.codecs import PixelCodec
+    from core.models import LoadedModel
+    from student import Student
+    from teacher.flow import FlowTeacher
+
+    prior = ColourPrior.fit([(x, known_curve(x)) for x in [torch.rand(3, 32, 32)]])
+    codec = PixelCodec(8)
+    x = torch.rand(1, 3, 32, 32)
+    for net in (FlowTeacher(codec.channels, [16, 16], 1, 8, num_steps=2),
+                Student(codec.channels, "slim", [16, 16], 1, 8)):
+        out = LoadedModel(net.eval(), {}, codec, prior=prior)(x)
+        assert torch.allclose(out, prior(x), atol=1e-5), net.kind
+
+
+def test_training_starts_at_the_curve_and_keeps_the_best(tiny_data, tmp_path):
+    """Step 0 validation equals the curve row; with keep_best a run that only gets worse (a huge
+    learning rate) keeps step 0, so the saved teacher is the curve itself."""
+    from core.models import curve_model, load_model
+    from eval.rows import load_models
+    from teacher.train import main as train_teacher
+
+    over = tiny_overrides(tiny_data, tmp_path)
+    metrics = train_teacher(["--config", CONFIG, *over, "train.keep_best=true", "train.validation_steps=2",
+                             "train.ema_decay=0", "teacher.learning_rate=3.0", "train.lr_warmup_steps=0"])
+    assert metrics["selected_step"] == 0
+    teacher = load_model(tmp_path / "demo" / "teacher")
+    assert teacher.prior is not None and teacher.manifest["prior"]["kind"] == "curve"
+    curve = curve_model(teacher.prior, torch.device("cpu"))
+    from core.config import load_config
+    from core.data import PairSource
+    from core.latents import load_val_set
+
+    cfg = load_config(CONFIG, over)
+    val = load_val_set(PairSource.open(cfg.data.val), cfg.data.val_long_side, cfg.data.size_multiple, limit=8)
+    curve_psnr = sum(psnr_db(curve(x[None])[0], y) for _, x, y in val) / len(val)
+    assert abs(metrics["psnr"] - curve_psnr) < 1e-3
+    rows, _ = load_models(cfg, "cpu")
+    assert [r["name"] for r in rows][:2] == ["identity", "curve"]
+
+
+def test_selection_warns_when_the_choice_is_below_identity_or_the_curve():
+    from core.config import EvalConfig
+    from eval.score import score_rows
+
+    def row(name, kind, psnr, ms):
+        return {"name": name, "kind": kind, "quality": {"mean": {"psnr": psnr}},
+                "throughput": {"photo-1024": {"p50_ms": ms}}}
+
+    rows = [row("identity", "baseline", 20.0, 1.0), row("curve", "baseline", 22.0, 500.0),
+            row("student", "student", 19.0, 5.0)]
+    sel = score_rows(rows, EvalConfig())
+    assert sel["chosen"] == "student"
+    text = " ".join(sel["warnings"])
+    assert "The chosen model 'student' is below the unedited input" in text and "colour curve" in text
+    good = score_rows([row("identity", "baseline", 20.0, 1.0), row("curve", "baseline", 22.0, 5.0),
+                       row("student", "student", 25.0, 5.0)], EvalConfig())
+    assert good["chosen"] == "student" and good["warnings"] == []
+
+
+def test_augmented_variants_keep_the_target(tiny_data, tmp_path):
+    from core.codecs import PixelCodec
+    from core.data import PairSource
+    from core.latents import LatentPairDataset
+
+    src = PairSource.open(tiny_data / "train")
+    kw = dict(long_side=64, crop_size=0, flip=True, seed=0, cache_dir=tmp_path, multiple=32, show_progress=False)
+    plain = LatentPairDataset(src, PixelCodec(8), **kw)
+    aug = LatentPairDataset(src, PixelCodec(8), variants=2, **kw)
+    item = aug.items[0]
+    assert {"z_in_v1", "z_in_v2_flip"} <= set(item)
+    assert torch.equal(item["z_target"], plain.items[0]["z_target"])
+    assert not torch.equal(item["z_in_v1"], item["z_in"])
+    again = LatentPairDataset(src, PixelCodec(8), variants=2, **{**kw, "cache_dir": None})
+    assert torch.equal(again.items[0]["z_in_v2"], item["z_in_v2"])  # seeded: the cache is not needed
+    drawn = set()
+    for epoch in range(12):
+        aug.set_epoch(epoch)
+        drawn.add(tuple(aug[0]["z_in"].flatten()[:4].tolist()))
+    assert len(drawn) > 2  # the variants (and flips) are drawn across epochs
+
+
+def test_unpaired_distillation_runs_end_to_end(tiny_data, tmp_path):
+    from core.models import load_model
+    from distill.run import main as distill
+    from teacher.train import main as train_teacher
+
+    over = tiny_overrides(tiny_data, tmp_path)
+    train_teacher(["--config", CONFIG, *over])
+    unpaired = tiny_data / "val" / "input"
+    metrics = distill(["--config", CONFIG, *over, f"distill.unpaired={unpaired}"])
+    student = load_model(tmp_path / "demo" / "student")
+    assert metrics["psnr"] > 0 and student.manifest["unpaired"] == str(unpaired)
+    n_paired = len(list((tiny_data / "train" / "input").iterdir()))
+    assert student.manifest["train_pairs"] == n_paired + len(list(unpaired.iterdir()))
+    assert student.prior is not None  # the student works over the teacher's prior
