@@ -74,6 +74,9 @@ class PriorConfig:
 
     kind: str = "curve"  # curve: ridge cubic RGB polynomial fitted on the training pairs | none
     ridge: float = 1e-4  # pull toward the identity, per pixel
+    # train | train+val: also fit on data.val when that is a selection split carved from the training
+    # pairs (eval.cv --select), never when data.val is the evaluation split
+    fit_on: str = "train"
 
 
 @dataclass
@@ -358,6 +361,7 @@ def config_from_dict(data: dict) -> Config:
 def validate(cfg: Config) -> None:
     choices = {
         "prior.kind": (cfg.prior.kind, ("curve", "none")),
+        "prior.fit_on": (cfg.prior.fit_on, ("train", "train+val")),
         "codec.kind": (cfg.codec.kind, ("pixel", "sd-vae", "taesd", "tae")),
         "teacher.kind": (cfg.teacher.kind, ("flow", "hypir")),
         "teacher.sampler": (cfg.teacher.sampler, ("euler", "heun")),

@@ -32,15 +32,17 @@ def open_sources(cfg: Config, accelerator) -> tuple[PairSource, PairSource]:
     return train, val
 
 
-def fit_prior(cfg: Config, source: PairSource):
-    """The colour prior (core.prior) fitted on the training pairs at the training size, or None
-    (prior.kind: none). Closed form, deterministic: every process fits the same one."""
+def fit_prior(cfg: Config, train: PairSource, val: PairSource):
+    """The colour prior (core.prior) fitted on the training pairs (and the validation ones with
+    prior.fit_on: train+val) at the training size, or None (prior.kind: none). Closed form and
+    deterministic: every process fits the same one."""
     if cfg.prior.kind == "none":
         return None
     from core.prior import ColourPrior
 
-    pairs = (load_pair_tensors(source, i, cfg.data.train_long_side, cfg.data.size_multiple)
-             for i in range(len(source)))
+    sources = [train, val] if cfg.prior.fit_on == "train+val" else [train]
+    pairs = (load_pair_tensors(src, i, cfg.data.train_long_side, cfg.data.size_multiple)
+             for src in sources for i in range(len(src)))
     return ColourPrior.fit(pairs, ridge=cfg.prior.ridge)
 
 

@@ -37,7 +37,7 @@ def main(argv=None) -> dict:
 
     # data, the colour prior the teacher learns the residual over, codec
     train_src, val_src = open_sources(cfg, accelerator)
-    prior = fit_prior(cfg, train_src)
+    prior = fit_prior(cfg, train_src, val_src)
     codec = build_codec(cfg.codec).to(accelerator.device)
     dataset = latent_dataset(cfg, train_src, codec, accelerator, prior=prior)
 
