@@ -10,7 +10,7 @@ LAUNCH := $(BIN)/accelerate launch --num_processes 1 --num_machines 1 --mixed_pr
 TINY_STUDENT := distill.output_name=student_tiny student.block_out_channels=[16,32,32] student.norm_num_groups=8
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install demo data teacher distill lut eval bench fivek test lint clean
+.PHONY: install demo data teacher distill lut eval bench fivek cv test lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,11 @@ fivek: $(STAMP)
 	$(LAUNCH) teacher/train.py --config configs/fivek_sample.yaml --resume_from_checkpoint latest
 	$(LAUNCH) distill/run.py --config configs/fivek_sample.yaml --resume_from_checkpoint latest
 	$(LAUNCH) eval/run.py --config configs/fivek_sample.yaml
+
+# k-fold cross-validation of the whole pipeline (eval/cv.py); resumes where it stopped
+cv: $(STAMP)
+	$(BIN)/python -m core.data split ../shared/data/fivek-expert-c data/fivek --val 4
+	$(BIN)/python -m eval.cv --config configs/fivek_sample.yaml --folds 4
 
 # every stage resumes from its last checkpoint, so an interrupted `make demo` picks up where it stopped
 demo: $(STAMP)

@@ -202,6 +202,7 @@ class EvalConfig:
     latency_ref_ms: float = 1000.0  # efficiency = ref / (ref + latency at the score resolution)
     score_resolution: str = "photo-1024"  # the path the quality figures were measured on, at 1 MP
     max_images: int = 0  # 0 = all validation pairs
+    cv_data: str = ""  # eval.cv's pairs (folder or HF dataset); "" = data.train and data.val together
 
 
 @dataclass

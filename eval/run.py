@@ -22,7 +22,8 @@ from core.checkpoint import atomic_write_json
 from core.config import ConfigError, load_config
 from core.data import PairSource
 from core.images import save_image
-from eval.metrics import LPIPSMetric, evaluate_pair, summarize
+from eval.metrics import LPIPSMetric
+from eval.quality import measure_quality
 from eval.report import write_report
 from eval.rows import load_models
 from eval.score import score_rows
@@ -52,22 +53,10 @@ def main(argv=None) -> dict:
     lpips_metric = LPIPSMetric()
 
     # quality at output resolution, every image, every row; outputs kept for the report
-    from rich.progress import track
-
     pairs = [val.load(i) for i in range(n)]
     names = val.names[:n]
     images_dir = out_dir / "images"
-    for row in rows:
-        pipe = row["make_pipe"](d.val_long_side)
-        per_image = []
-        slug = row["name"].replace(" ", "_").replace("=", "")
-        for i in track(range(n), description=f"quality: {row['name']}"):
-            inp, tgt = pairs[i]
-            out = pipe(inp)
-            per_image.append({"name": names[i], **evaluate_pair(out, tgt, lpips_metric)})
-            save_image(images_dir / slug / f"{names[i]}.png", out)
-        row["quality"] = {"per_image": per_image, "mean": summarize(per_image)}
-        row["slug"] = slug
+    measure_quality(rows, pairs, names, d.val_long_side, lpips_metric, images_dir)
     for i in range(n):
         save_image(images_dir / "input" / f"{names[i]}.png", pairs[i][0])
         save_image(images_dir / "target" / f"{names[i]}.png", pairs[i][1])

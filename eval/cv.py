@@ -1,0 +1,324 @@
+"""K-fold cross-validation of the whole pipeline: the project's quality yardstick.
+
+    python -m eval.cv --config configs/fivek_sample.yaml --folds 4 --data ../shared/data/fivek-expert-c
+    python -m eval.cv --config configs/fivek_sample.yaml --folds 4 --train_sizes 4,8,12   # learning curve
+    python -m eval.cv --config configs/fivek_sample.yaml --folds 4 --select 2 --unpaired transductive
+
+The pairs (--data, else eval.cv_data, else data.train and data.val together) are sorted by name;
+fold j holds out names[j*n//K:(j+1)*n//K]. For each fold and training size n (the first n training
+names; default all of them), the stages run in this process with the config's settings on
+DIR/fold-j/n-NN/data/train: the teacher, the student (distill/run.py) and, if "lut" is in
+eval.baselines, the LUT. Then every row of `eval.rows.load_models` is scored on the held-out pairs
+at output resolution, exactly as eval/run.py does (`eval.quality.measure_quality`).
+
+--select N carves the last N of the n training names out as the stages' data.val (validation and
+checkpoint selection; not trained on); with 0, data.val is the training pairs themselves.
+
+Writes DIR/fold-j/n-NN/result.json, DIR/cv.json, DIR/cv.md and, with several sizes,
+DIR/learning_curve.png (DIR: --output_dir, default {output_root}/{name}/cv). Everything resumes:
+a stage whose model/manifest.json exists is not retrained, a fold whose result.json exists is not
+rescored. The overrides given here apply to every stage; the fold's data and run folders are set
+by this driver and win over them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+from core.checkpoint import atomic_path, atomic_write_bytes, atomic_write_json
+from core.config import ConfigError, load_config
+from core.data import DataError, PairSource
+from core.images import save_image
+from core.stage import open_sources
+from eval.quality import measure_quality
+from eval.rows import load_models
+
+METRICS = (("psnr", "PSNR dB"), ("ssim", "SSIM"), ("ciede2000", "ΔE00"))
+TRANSDUCTIVE = "transductive: the held-out inputs, without targets"
+
+
+def cv_folds(names: list[str], k: int) -> list[tuple[list[str], list[str]]]:
+    """(train_names, test_names) for each of k folds: the names sorted, fold j holding out the
+    contiguous chunk names[j*n//k:(j+1)*n//k]; every name is held out exactly once."""
+    names = sorted(names)
+    n = len(names)
+    if len(set(names)) != n:
+        raise ValueError("the pair names are not unique: each photo must have one name")
+    if not 2 <= k <= n:
+        raise ValueError(f"--folds {k}: choose between 2 and {n} for {n} pairs")
+    folds = []
+    for j in range(k):
+        lo, hi = j * n // k, (j + 1) * n // k
+        folds.append((names[:lo] + names[hi:], names[lo:hi]))
+    return folds
+
+
+def open_pool(cfg, data: str) -> tuple[str, dict[str, tuple[PairSource, int]]]:
+    """(label, {name: (source, index)}): the pairs of `data`, or of data.train and data.val together
+    (the demo built first if the config asks; a name in both is taken once, from data.train)."""
+    d = cfg.data
+    common = dict(input_column=d.input_column, target_column=d.target_column, max_pixels=d.max_pixels)
+    if data:
+        sources, label = [PairSource.open(data, split=d.train_split, **common)], data
+    else:  # open_sources builds the demo if asked; a stand-in for the one-process accelerator
+        sources = list(open_sources(cfg, SimpleNamespace(is_main_process=True, wait_for_everyone=lambda: None)))
+        label = f"{d.train} + {d.val}"
+    pool: dict[str, tuple[PairSource, int]] = {}
+    for source in sources:
+        for i, name in enumerate(source.names):
+            pool.setdefault(name, (source, i))
+    return label, pool
+
+
+def lay_out(folder: Path, names: list[str], pool: dict) -> None:
+    """folder/{input,target}/ holding exactly these pairs: symbolic links for folder sources, PNG files
+    for dataset rows. Anything else in the folders is removed."""
+    for side, column in (("input", 0), ("target", 1)):
+        wanted = {}
+        for name in names:
+            source, i = pool[name]
+            if source.dataset is None:
+                path = Path(getattr(source.pairs[i], side)).resolve()
+                wanted[name + path.suffix] = path
+            else:
+                wanted[name + ".png"] = (source, i)
+        out = folder / side
+        out.mkdir(parents=True, exist_ok=True)
+        for f in out.iterdir():
+            if f.name not in wanted or (f.is_symlink() and f.resolve() != wanted[f.name]):
+                f.unlink()
+        for file, src in wanted.items():
+            if (out / file).exists() or (out / file).is_symlink():
+                continue
+            if isinstance(src, Path):
+                (out / file).symlink_to(src)
+            else:
+                save_image(out / file, src[0].load(src[1])[column])
+
+
+def run_stages(config: str, overrides: list[str], cfg, say) -> dict:
+    """Train what is not trained yet (teacher, student, LUT), in this process; {stage: manifest}."""
+    # each stage's command-line entry point, as `accelerate launch teacher/train.py` runs it
+    stages = [("teacher", "teacher", "teacher.train"), ("student", cfg.distill.output_name, "distill.run")]
+    if "lut" in cfg.eval.baselines:
+        stages.append(("lut", "lut", "lut.train"))
+    manifests = {}
+    for stage, folder, module in stages:
+        manifest = cfg.run_dir(folder) / "model" / "manifest.json"
+        if manifest.is_file():
+            say(f"  {stage}: trained already ({manifest.parent})")
+        else:
+            say(f"  {stage}: training ({module}) -> {cfg.run_dir(folder)}")
+            importlib.import_module(module).main(["--config", config, "--resume_from_checkpoint", "latest",
+                                                  *overrides])
+        manifests[stage] = json.loads(manifest.read_text())
+    return manifests
+
+
+def score_fold(cfg, test_dir: Path, device) -> list[dict]:
+    """Every row of load_models on the held-out pairs at output resolution: per image and mean."""
+    rows, _ = load_models(cfg, device)
+    d = cfg.data
+    test = PairSource.open(test_dir, max_pixels=d.max_pixels)
+    pairs = [test.load(i) for i in range(len(test))]
+    measure_quality(rows, pairs, test.names, d.val_long_side)
+    keep = ("name",) + tuple(m for m, _ in METRICS)
+    return [{"name": r["name"], "kind": r["kind"], "train_seconds": r["manifest"].get("train_seconds"),
+             "per_image": [{k: p[k] for k in keep} for p in r["quality"]["per_image"]],
+             "mean": {m: r["quality"]["mean"][m] for m, _ in METRICS}} for r in rows]
+
+
+def aggregate(results: list[dict]) -> dict:
+    """One training size over all folds: per row, mean and sd over every held-out photo, the mean PSNR
+    of each fold, the worst fold and train seconds; the train seconds of each fold (all stages)."""
+    rows: dict[str, dict] = {}
+    for res in results:
+        for row in res["rows"]:
+            r = rows.setdefault(row["name"], {"name": row["name"], "kind": row["kind"], "per_image": [],
+                                              "fold_psnr": [], "train_seconds": []})
+            r["per_image"] += [{"fold": res["fold"], **p} for p in row["per_image"]]
+            r["fold_psnr"].append({"fold": res["fold"], "psnr": row["mean"]["psnr"]})
+            if row["train_seconds"] is not None:
+                r["train_seconds"].append(row["train_seconds"])
+    for r in rows.values():
+        for m, _ in METRICS:
+            values = np.array([p[m] for p in r["per_image"]], dtype=float)
+            r[m] = {"mean": float(values.mean()), "sd": float(values.std(ddof=1)) if len(values) > 1 else 0.0}
+        r["worst_fold"] = min(r["fold_psnr"], key=lambda f: f["psnr"])
+        r["train_seconds"] = float(np.mean(r["train_seconds"])) if r["train_seconds"] else None
+        r["num_photos"] = len(r["per_image"])
+    return {"rows": list(rows.values()), "train_pairs": [res["train_pairs"] for res in results],
+            "train_seconds_per_fold": [{"fold": res["fold"], "seconds": res["train_seconds"]} for res in results]}
+
+
+def write_markdown(summary: dict) -> str:
+    s = summary
+    lines = ["# Cross-validation", "", f"`{s['command']}`", "",
+             f"- data: {s['data']['source']} ({s['data']['num_pairs']} pairs), {s['folds']} folds "
+             "(sorted names, contiguous held-out chunks)",
+             f"- selection split (--select): {s['select']} of the training pairs" if s["select"] else
+             "- selection split: none (validation on the training pairs)",
+             f"- unpaired photos for distillation: {s['unpaired']}", ""]
+    for size, res in s["results"].items():
+        lines += [f"## {size} training pairs per fold" if size != "all" else
+                  f"## All training pairs per fold ({', '.join(map(str, res['train_pairs']))})", "",
+                  "Mean ± sd over every held-out photo; PSNR per fold in fold order.", "",
+                  "| row | " + " | ".join(label for _, label in METRICS) + " | PSNR per fold | worst fold | train s |",
+                  "|---" * (len(METRICS) + 4) + "|"]
+        for r in res["rows"]:
+            cells = [f"{r[m]['mean']:.3f} ± {r[m]['sd']:.3f}" if m == "ssim" else
+                     f"{r[m]['mean']:.2f} ± {r[m]['sd']:.2f}" for m, _ in METRICS]
+            folds = " / ".join(f"{f['psnr']:.2f}" for f in r["fold_psnr"])
+            worst = f"{r['worst_fold']['fold']} ({r['worst_fold']['psnr']:.2f})"
+            secs = "" if r["train_seconds"] is None else f"{r['train_seconds']:.0f}"
+            lines.append(f"| {r['name']} | " + " | ".join(cells) + f" | {folds} | {worst} | {secs} |")
+        per_fold = ", ".join(f"fold {f['fold']}: {f['seconds']:.0f} s" for f in res["train_seconds_per_fold"])
+        lines += ["", f"Train seconds per fold (all stages): {per_fold}.", ""]
+    if len(s["learning_curve"]["sizes"]) > 1:
+        curve = s["learning_curve"]
+        lines += ["## Learning curve", "", "CV mean PSNR (dB) against the training pairs per fold.", "",
+                  "![learning curve](learning_curve.png)", "",
+                  "| row | " + " | ".join(f"n={n}" for n in curve["sizes"]) + " |",
+                  "|---" * (len(curve["sizes"]) + 1) + "|"]
+        for name, values in curve["psnr"].items():
+            lines.append(f"| {name} | " + " | ".join("" if v is None else f"{v:.2f}" for v in values) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot_learning_curve(curve: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, values in curve["psnr"].items():
+        points = [(n, v) for n, v in zip(curve["sizes"], values) if v is not None]
+        ax.plot(*zip(*points), marker="o", label=name)
+    ax.set_xlabel("training pairs per fold")
+    ax.set_ylabel("CV mean PSNR (dB), held-out photos")
+    ax.set_xticks(curve["sizes"])
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description="K-fold cross-validation of the whole pipeline.")
+    p.add_argument("--config", default="configs/demo.yaml")
+    p.add_argument("--folds", type=int, default=4)
+    p.add_argument("--data", default=None, help="pair folder or HF dataset (default: eval.cv_data, else "
+                   "data.train and data.val together)")
+    p.add_argument("--output_dir", default=None, help="default: {output_root}/{name}/cv")
+    p.add_argument("--train_sizes", default="", help="e.g. 4,8,12: training pairs per fold (default: all)")
+    p.add_argument("--select", type=int, default=0, help="last N training pairs become the selection split")
+    p.add_argument("--unpaired", default=None, help="'transductive' (the held-out inputs) or a folder of "
+                   "unedited photos, for distill.unpaired")
+    p.add_argument("overrides", nargs="*", help="section.key=value, for every stage")
+    return p.parse_intermixed_args(argv)
+
+
+def main(argv=None) -> dict:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        sizes = [int(x) for x in args.train_sizes.split(",") if x.strip()] or [None]
+        label, pool = open_pool(cfg, args.data or cfg.eval.cv_data)
+        folds = cv_folds(list(pool), args.folds)
+    except (ConfigError, DataError, ValueError) as exc:
+        sys.exit(f"error: {exc}")
+    fewest = min(len(train) for train, _ in folds)
+    for n in sizes:
+        if n is not None and not args.select < n <= fewest:
+            sys.exit(f"error: --train_sizes {n}: the folds have {fewest} training pairs at least ({len(pool)} pairs, "
+                     f"{args.folds} folds) and --select {args.select} of them validate; choose sizes in "
+                     f"{args.select + 1}..{fewest}")
+    if sizes == [None] and not args.select < fewest:
+        sys.exit(f"error: --select {args.select}: the folds have {fewest} training pairs at least; choose fewer")
+    out = Path(args.output_dir) if args.output_dir else cfg.run_dir("cv")
+    unpaired = {None: "none", "transductive": TRANSDUCTIVE}.get(args.unpaired, args.unpaired)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    jobs = [(j, n) for j in range(len(folds)) for n in sizes]
+    results: dict[str, list[dict]] = {}
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns) as progress:
+        task = progress.add_task("cross-validation", total=len(jobs))
+        for j, n in jobs:
+            train_names, test_names = folds[j]
+            train_names = train_names[:n] if n else train_names
+            size = len(train_names)
+            fold_dir = out / f"fold-{j}" / f"n-{size:02d}"
+            progress.update(task, description=f"cross-validation: fold {j + 1}/{len(folds)}, {size} pairs")
+            result_file = fold_dir / "result.json"
+            if result_file.is_file():
+                progress.console.print(f"fold {j}, {size} pairs: scored already ({result_file})")
+            else:
+                progress.console.print(f"fold {j}, {size} training pairs, {len(test_names)} held out: {fold_dir}")
+                fit, val = (train_names[:-args.select], train_names[-args.select:]) if args.select else (
+                    train_names, train_names)
+                data = fold_dir / "data"
+                for split, names in (("train", fit), ("val", val), ("test", test_names)):
+                    lay_out(data / split, names, pool)
+                fold_overrides = [*args.overrides, f"data.train={data / 'train'}", f"data.val={data / 'val'}",
+                                  "data.build_demo=false", f"experiment.output_root={fold_dir}", "experiment.name=run"]
+                if args.unpaired:
+                    where = data / "test" / "input" if args.unpaired == "transductive" else args.unpaired
+                    fold_overrides.append(f"distill.unpaired={where}")
+                try:
+                    fold_cfg = load_config(args.config, fold_overrides)
+                except ConfigError as exc:
+                    sys.exit(f"error: {exc}")
+                manifests = run_stages(args.config, fold_overrides, fold_cfg, progress.console.print)
+                progress.console.print(f"  scoring {len(test_names)} held-out pairs at output resolution")
+                t0 = time.time()
+                rows = score_fold(fold_cfg, data / "test", device)
+                atomic_write_json(result_file, {
+                    "fold": j, "train_pairs": size, "train_names": fit, "val_names": val, "test_names": test_names,
+                    "stages": {k: {"train_seconds": m.get("train_seconds"), "wall_seconds": m.get("wall_seconds")}
+                               for k, m in manifests.items()},
+                    "train_seconds": sum(m.get("train_seconds") or 0.0 for m in manifests.values()),
+                    "eval_seconds": time.time() - t0, "rows": rows})
+            results.setdefault(str(n or "all"), []).append(json.loads(result_file.read_text()))
+            progress.advance(task)
+
+    summary = {"command": "python -m eval.cv " + shlex.join(argv), "config": args.config,
+               "data": {"source": label, "num_pairs": len(pool)}, "folds": len(folds), "select": args.select,
+               "unpaired": unpaired, "results": {k: aggregate(v) for k, v in results.items()}}
+    names = list(dict.fromkeys(r["name"] for res in summary["results"].values() for r in res["rows"]))
+    psnr_at = {k: {r["name"]: r["psnr"]["mean"] for r in res["rows"]} for k, res in summary["results"].items()}
+    summary["learning_curve"] = {"sizes": [n for n in sizes if n], "psnr": {
+        name: [psnr_at[str(n)].get(name) for n in sizes if n] for name in names}}
+    atomic_write_json(out / "cv.json", summary)
+    atomic_write_bytes(out / "cv.md", write_markdown(summary).encode())
+    if len(summary["learning_curve"]["sizes"]) > 1:
+        plot_learning_curve(summary["learning_curve"], out / "learning_curve.png")
+    for name in names:
+        last = summary["results"][str(sizes[-1] or "all")]["rows"]
+        row = next((r for r in last if r["name"] == name), None)
+        if row:
+            print(f"{name}: PSNR {row['psnr']['mean']:.2f} ± {row['psnr']['sd']:.2f} dB over {row['num_photos']} "
+                  f"held-out photos (worst fold {row['worst_fold']['fold']}: {row['worst_fold']['psnr']:.2f})")
+    print(f"cross-validation: {out / 'cv.md'}")
+    return summary
+
+
+if __name__ == "__main__":
+    main()
