@@ -38,6 +38,7 @@ eval: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m eval.bench --config $(CONFIG)
 	$(BIN)/python -m eval.bench_transfer
+	$(BIN)/python -m eval.bench_enhance
 
 fivek: $(STAMP)
 	$(BIN)/python -m core.data split ../shared/data/fivek-expert-c data/fivek --val 4

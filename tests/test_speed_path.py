@@ -100,7 +100,7 @@ def test_c_kernels_equal_the_pytorch_path(monkeypatch):
 
 def test_half_precision_errors_are_as_documented():
     """docs/benchmarks.md states these: the transfer in float16 within one level; the network in
-    bf16 autocast within a few levels of fp32 on a demo photo."""
+    bf16 autocast within two levels of fp32 on a demo photo."""
     g = torch.Generator().manual_seed(0)
     x = torch.from_numpy(demo_photo("astronaut")).permute(2, 0, 1)[None]
     coeffs = torch.eye(3, 4).repeat(1, 8, 8, 1, 1) + 0.05 * torch.randn(1, 8, 8, 3, 4, generator=g)
@@ -111,7 +111,7 @@ def test_half_precision_errors_are_as_documented():
     student = latent(torch.no_grad()(random_student()))
     fp32 = EditPipeline(student, 256, "grid", 32, "cpu", 32)(u8)
     bf16 = EditPipeline(student, 256, "grid", 32, "cpu", 32, precision="bf16")(u8)
-    assert 0 < levels(fp32, bf16) <= 8
+    assert 0 < levels(fp32, bf16) <= 2  # measured: 1 level at most on the demo photos
 
 
 def test_lut_pipeline_on_uint8_matches_its_float_path():
@@ -210,3 +210,16 @@ def test_two_processes_write_every_photo_exactly_once(student_dir, tmp_path):
     assert run.returncode == 0, run.stderr[-4000:]
     summary = json.loads((out / ".enhance_summary.json").read_text())
     assert summary["edited_now"] == 1 and summary["already_done"] == 6
+
+
+def test_bench_enhance_reports_photos_per_s_parts_and_the_copy_ratio(tmp_path):
+    from eval.bench_enhance import main as bench
+
+    res = bench(["--n", "2", "--size", "320x240", "--folder", str(tmp_path / "photos"), "--repeats", "1",
+                 "--copy-photos", "1", "--json", str(tmp_path / "b.json")])
+    assert set(res["rows"]) == {"identity", "student (fresh, demo config)", "3D LUT (fresh, demo config)"}
+    for row in res["rows"].values():
+        assert row["photos_per_s"] > 0 and row["path_ms"] > 0 and row["copy_ms"] > 0 and row["before_ms"] > 0
+        assert row["ratio"] == pytest.approx(row["path_ms"] / row["copy_ms"])
+        assert set(row["enhance_ms_per_photo"]) == {"decode", "working_copy", "model", "transfer", "encode"}
+    assert res["lut_over_student"] > 0 and json.loads((tmp_path / "b.json").read_text())["n"] == 2
