@@ -149,3 +149,95 @@ def test_apply_cli_refuses_a_malformed_cube(tmp_path, capsys):
     (tmp_path / "a.png").write_bytes(b"")
     assert apply_main([str(tmp_path / "bad.cube"), "--input", str(tmp_path), "--output", str(tmp_path / "o")]) == 2
     assert "line 9" in capsys.readouterr().err
+
+
+LUT_RUN = ["lut.num_basis=1", "lut.size=9", "lut.cnn_size=32", "lut.train_steps=8", "lut.learning_rate=0.01",
+           "train.ema_decay=0"]
+
+
+def test_export_of_a_trained_3d_lut_fits_its_training_photos(tiny_data, tmp_path, capsys):
+    from lut.export import main as export
+    from lut.train import main as train_lut
+    from tests.conftest import REPO, tiny_overrides
+
+    train_lut(["--config", str(REPO / "configs" / "demo.yaml"), *tiny_overrides(tiny_data, tmp_path), *LUT_RUN])
+    capsys.readouterr()
+    out = tmp_path / "look.cube"
+    run = tmp_path / "demo" / "lut"
+    assert export(["--model", str(run), "--out", str(out), "--json", str(tmp_path / "f.json")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("LUT vs the model's own output: PSNR") for line in lines)
+    assert any(line.startswith("LUT vs the target: PSNR") for line in lines)
+    figures = json.loads((tmp_path / "f.json").read_text())
+    assert figures["fit_photos"]["source"] == str(tiny_data / "train")  # the run's training data by default
+    assert figures["eval_photos"]["count"] == len(list((tiny_data / "train" / "input").iterdir()))
+    cube = read_cube(out)
+    assert cube.size == 33 and cube.table.min() >= 0 and cube.table.max() <= 1
+    # one basis LUT, scaled per photo by the CNN: nearly global, so the LUT stands for the model
+    assert figures["lut_vs_model_db"] > figures["input_vs_model_db"] + 5
+    row = figures["per_photo"][0]
+    assert set(row) == {"name", "lut_vs_model_db", "input_vs_model_db", "lut_vs_target_db", "model_vs_target_db",
+                        "input_vs_target_db"}
+    # the figure is the written file's: re-measure the first photo from the .cube and the model
+    from core.images import psnr_db, to_tensor
+    from core.models import load_model
+    from lut.export import load_photos
+
+    name, x, _ = load_photos(str(tiny_data / "train"), 64, 8)[0]
+    again = psnr_db(apply_cube(cube, to_tensor(x)[None]).clamp(0, 1)[0], to_tensor(load_model(run).pipeline()(x)))
+    assert name == row["name"] and again == pytest.approx(row["lut_vs_model_db"], abs=1e-3)
+
+
+def test_a_global_lut_model_exports_its_own_table(tiny_data, tmp_path):
+    from lut.export import main as export
+    from lut.fit import resample
+    from lut.model import AdaptiveLUT
+
+    net = AdaptiveLUT(num_basis=1, size=9, cnn_size=32)  # one basis, weight exactly 1: a global LUT
+    with torch.no_grad():
+        net.luts[0] = known_mapping(9)
+    serving = {"codec": None, "working_long_side": 64, "size_multiple": 8, "transfer": {"mode": "grid", "grid": 4}}
+    net.save_pretrained(tmp_path / "run" / "model", manifest=serving)
+    assert export(["--model", str(tmp_path / "run"), "--out", str(tmp_path / "own.cube"),
+                   "--photos", str(tiny_data / "val"), "--json", str(tmp_path / "f.json")]) == 0
+    assert (read_cube(tmp_path / "own.cube").table - resample(known_mapping(9), 33)).abs().max() < 1e-5
+    assert json.loads((tmp_path / "f.json").read_text())["lut_vs_model_db"] > 60
+
+
+def test_export_of_a_student_fits_a_closer_lut_than_the_identity(tiny_data, tmp_path, capsys):
+    from lut.export import main as export
+    from student import Student
+
+    torch.manual_seed(0)
+    student = Student(12, "slim", (8, 8), 1, 4)
+    with torch.no_grad():  # a student that edits (a fresh one is the identity)
+        student.net.conv_out.weight.normal_(0, 0.05)
+    serving = {"codec": {"kind": "pixel", "factor": 2}, "working_long_side": 64, "size_multiple": 8,
+               "transfer": {"mode": "grid", "grid": 4}}
+    student.save_pretrained(tmp_path / "s" / "model", manifest=serving)
+    plain = tmp_path / "plain"  # photos without targets: only the figure against the model
+    shutil.copytree(tiny_data / "val" / "input", plain)
+    capsys.readouterr()
+    assert export(["--model", str(tmp_path / "s"), "--out", str(tmp_path / "s.cube"), "--size", "17",
+                   "--photos", str(tiny_data / "train"), "--eval-photos", str(plain),
+                   "--json", str(tmp_path / "f.json")]) == 0
+    assert "LUT vs the target" not in capsys.readouterr().out
+    figures = json.loads((tmp_path / "f.json").read_text())
+    assert figures["method"] == "fit" and figures["eval_photos"]["count"] == 2
+    assert read_cube(tmp_path / "s.cube").size == 17
+    from core.images import load_image, psnr_db, to_tensor
+    from core.models import load_model
+
+    pipe = load_model(tmp_path / "s").pipeline()
+    rgb = load_image(sorted(plain.iterdir())[0])[0]
+    row = figures["per_photo"][0]
+    assert row["input_vs_model_db"] == pytest.approx(psnr_db(to_tensor(rgb), to_tensor(pipe(rgb))), abs=1e-4)
+    assert row["lut_vs_model_db"] > row["input_vs_model_db"] + 3
+
+
+def test_a_global_colour_map_is_evaluated_on_the_lattice():
+    from lut.export import lattice_table
+
+    table = lattice_table(lambda rgb: rgb.flip(1) ** 2, 9)  # (N, 3) -> (N, 3)
+    r, g, b = identity_lut(9)
+    assert torch.allclose(table, torch.stack([b ** 2, g ** 2, r ** 2]))
