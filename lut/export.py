@@ -46,12 +46,14 @@ from lut.model import AdaptiveLUT, identity_lut
 FIT_SIZE = 17
 
 
-def training_source(model_dir: Path) -> str:
+def training_source(model_dir: Path, required: bool = True) -> str | None:
     """The training data named in the run's config.yaml (beside the model folder)."""
     for config in (model_dir / "config.yaml", model_dir.parent / "config.yaml"):
         if config.is_file():
             return load_config(config).data.train
-    raise SystemExit(f"error: no config.yaml beside {model_dir} names the training photos: pass --photos DIR")
+    if required:
+        raise SystemExit(f"error: no config.yaml beside {model_dir} names the training photos: pass --photos DIR")
+    return None
 
 
 def load_photos(source: str, long_side: int, multiple: int) -> list[tuple[str, np.ndarray, np.ndarray | None]]:
@@ -103,12 +105,12 @@ def closeness(table: torch.Tensor, photos, outputs) -> float:
                           for (_, x, _), y in zip(photos, outputs)]))
 
 
-def figures(cube, pipe, photos) -> dict:
-    """PSNR of the LUT's output against the model's and the target, per photo and their means."""
+def figures(cube, photos, outputs) -> dict:
+    """PSNR of the LUT's output against the model's `outputs` and the target, per photo and their means."""
     rows = []
-    for name, x, y in photos:
+    for (name, x, y), out in zip(photos, outputs):
         xt = to_tensor(x)[None]
-        model, graded = to_tensor(pipe(x)), apply_cube(cube, xt).clamp(0, 1)[0]
+        model, graded = to_tensor(out), apply_cube(cube, xt).clamp(0, 1)[0]
         row = {"name": name, "lut_vs_model_db": psnr_db(graded, model), "input_vs_model_db": psnr_db(xt[0], model)}
         if y is not None:
             yt = to_tensor(y)
@@ -140,15 +142,15 @@ def main(argv=None) -> int:
         raise SystemExit(f"error: {exc}") from None
     long_side = args.long_side or model.working_long_side
     pipe = model.pipeline(long_side)
-    source = args.photos or training_source(folder)
-    needs_photos = not hasattr(model.net, "map_colours")
-    photos = load_photos(source, long_side, model.size_multiple) if needs_photos or args.photos else []
+    needs_photos = not hasattr(model.net, "map_colours")  # a pure global colour map needs none
+    source = args.photos or training_source(folder, required=needs_photos)
+    photos = load_photos(source, long_side, model.size_multiple) if source else []
+    outputs = [pipe(x) for _, x, _ in photos]
 
     if not needs_photos:
         method, table = "lattice", lattice_table(model.net.map_colours, args.size)
         how = f"{model.kind} colour map evaluated on the lattice"
     else:
-        outputs = [pipe(x) for _, x, _ in photos]
         prior = own_table(model.net, photos) if isinstance(model.net, AdaptiveLUT) else None
         method, table = "fit", fit_table(outputs, photos, prior, args.size)
         how = f"global LUT fitted to the {model.kind} model's colours on {len(photos)} photos ({source})"
@@ -167,8 +169,10 @@ def main(argv=None) -> int:
               "fit_photos": {"source": str(source), "count": len(photos)} if needs_photos else None}
     if eval_source:
         evals = photos if eval_source == source else load_photos(eval_source, long_side, model.size_multiple)
+        eval_outputs = outputs if evals is photos else [pipe(x) for _, x, _ in evals]
         cube = parse_cube(Path(args.out).read_text(), args.out)  # measure what the file holds
-        result.update(eval_photos={"source": str(eval_source), "count": len(evals)}, **figures(cube, pipe, evals))
+        result.update(eval_photos={"source": str(eval_source), "count": len(evals)},
+                      **figures(cube, evals, eval_outputs))
         where = f"mean over {len(evals)} photos of {eval_source}"
         print(f"LUT vs the model's own output: PSNR {result['lut_vs_model_db']:.2f} dB; the input "
               f"{result['input_vs_model_db']:.2f} dB ({where})")

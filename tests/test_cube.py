@@ -11,6 +11,7 @@ import torch
 from PIL import Image, ImageCms
 
 from core.demo import photo_path
+from core.models import ModelFolder
 from lut.apply import grade
 from lut.apply import main as apply_main
 from lut.cube import CubeError, apply_cube, format_cube, parse_cube, read_cube, write_cube
@@ -241,3 +242,37 @@ def test_a_global_colour_map_is_evaluated_on_the_lattice():
     table = lattice_table(lambda rgb: rgb.flip(1) ** 2, 9)  # (N, 3) -> (N, 3)
     r, g, b = identity_lut(9)
     assert torch.allclose(table, torch.stack([b ** 2, g ** 2, r ** 2]))
+
+
+class GammaMap(ModelFolder, torch.nn.Module):
+    """A pure global colour map under the model-folder protocol, as the global colour prior is."""
+
+    kind, space = "gamma", "image"
+
+    def __init__(self, gamma: float = 0.7):
+        super().__init__()
+        self.arch, self.gamma = {"gamma": gamma}, gamma
+        self.register_buffer("unused", torch.zeros(1))  # a model folder holds at least one tensor
+
+    def map_colours(self, rgb: torch.Tensor) -> torch.Tensor:
+        return rgb ** self.gamma
+
+    def infer(self, x: torch.Tensor, num_steps=None) -> torch.Tensor:
+        return self.map_colours(x)
+
+    def function_evals(self, num_steps=None) -> int:
+        return 0
+
+
+def test_a_pure_colour_map_is_written_exactly_and_measured(tiny_data, tmp_path, capsys):
+    from lut.export import main as export
+
+    serving = {"codec": None, "working_long_side": 64, "size_multiple": 8, "transfer": {"mode": "none", "grid": 4}}
+    GammaMap(0.7).save_pretrained(tmp_path / "gamma", manifest=serving)
+    assert export(["--model", str(tmp_path / "gamma"), "--out", str(tmp_path / "g.cube"), "--size", "17"]) == 0
+    assert "LUT vs" not in capsys.readouterr().out  # no photos named, none in a config: no figures
+    assert (read_cube(tmp_path / "g.cube").table - identity_lut(17) ** 0.7).abs().max() < 1e-5
+    assert export(["--model", str(tmp_path / "gamma"), "--out", str(tmp_path / "g.cube"),
+                   "--photos", str(tiny_data / "val"), "--json", str(tmp_path / "g.json")]) == 0
+    figures = json.loads((tmp_path / "g.json").read_text())
+    assert figures["method"] == "lattice" and figures["lut_vs_model_db"] > 40  # only trilinear error left
