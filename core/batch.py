@@ -11,7 +11,9 @@ decoding and encoding run beside the compute. Used by `student.enhance` and `eva
 
 from __future__ import annotations
 
+import os
 import time
+import warnings
 from collections import defaultdict, deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,10 +21,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from core.checkpoint import atomic_path
 from core.images import ImageError, jpeg_with_metadata, load_draft, load_photo, read_meta, save_image
 from core.pipeline import photo_tensor
 
 PARTS = ("decode", "working_copy", "model", "transfer", "encode")
+_warned: set[str] = set()
+
+
+def _warn_once(kind: str, text: str) -> None:
+    """One warning per kind ("decode", "encode") and process, not one per photo."""
+    if kind not in _warned:
+        _warned.add(kind)
+        warnings.warn(text + " (said once; later photos likewise)", stacklevel=3)
 
 
 def plan(inputs: list[Path], root: Path, out_dir: Path) -> list[tuple[Path, Path]]:
@@ -45,9 +56,12 @@ def _read(src: Path, io: str, device: torch.device, draft_side: int):
         import torchvision.io as tio
 
         meta = read_meta(src)
-        data = tio.read_file(str(src))
-        px = tio.decode_jpeg(data, mode=tio.ImageReadMode.RGB, device=device, apply_exif_orientation=True)
-        return px, meta, None, (time.perf_counter() - t0) * 1e3
+        try:
+            data = tio.read_file(str(src))
+            px = tio.decode_jpeg(data, mode=tio.ImageReadMode.RGB, device=device, apply_exif_orientation=True)
+            return px, meta, None, (time.perf_counter() - t0) * 1e3
+        except RuntimeError as exc:  # a JPEG nvjpeg/libjpeg in torchvision cannot take: PIL decodes it
+            _warn_once("decode", f"core/batch.py: torchvision could not decode {src} ({exc}); PIL decodes it instead")
     px, meta = load_photo(src)
     lo = load_draft(src, draft_side) if draft_side and px.dtype == np.uint8 else None
     return px, meta, lo, (time.perf_counter() - t0) * 1e3
@@ -59,13 +73,17 @@ def _write(dst: Path, out, meta, io: str, quality: int = 95) -> float:
         if io == "torchvision" and dst.suffix.lower() in (".jpg", ".jpeg"):
             import torchvision.io as tio
 
-            jpeg = tio.encode_jpeg(out, quality=quality)
-            jpeg = bytes(jpeg.cpu().numpy().tobytes())
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dst.with_name(f".{dst.name}.tmp")
-            tmp.write_bytes(jpeg_with_metadata(jpeg, meta.icc_profile, meta.exif))
-            tmp.replace(dst)
-            return (time.perf_counter() - t0) * 1e3
+            try:
+                jpeg = bytes(tio.encode_jpeg(out, quality=quality).cpu().numpy().tobytes())
+            except RuntimeError as exc:
+                _warn_once("encode", f"core/batch.py: torchvision could not encode {dst} ({exc}); "
+                           "PIL encodes it instead")
+            else:
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                with atomic_path(dst) as tmp:
+                    tmp.write_bytes(jpeg_with_metadata(jpeg, meta.icc_profile, meta.exif))
+                    os.chmod(tmp, 0o644)  # as save_image's files (mkstemp makes it private)
+                return (time.perf_counter() - t0) * 1e3
         out = out.permute(1, 2, 0).cpu().numpy()
     deep = meta.bit_depth > 8 and dst.suffix.lower() in (".png", ".tif", ".tiff")
     save_image(dst, out, meta, quality=quality, bit_depth=16 if deep else 8)

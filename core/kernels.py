@@ -199,11 +199,22 @@ def _cache_dir() -> Path:
     return Path(root) / "kernels"
 
 
+def _cpu_flags() -> str:
+    """The CPU's feature flags: -march=native builds for this CPU, so a cache shared with another
+    machine (a network home folder) must not hand it this one's library."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line for line in f if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        return platform.processor()
+
+
 def _build() -> ctypes.CDLL:
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         raise OSError("no C compiler found (install gcc, or set CC)")
-    key = hashlib.sha1((SOURCE + " ".join(FLAGS) + platform.machine() + compiler).encode()).hexdigest()[:16]
+    key = hashlib.sha1((SOURCE + " ".join(FLAGS) + platform.machine() + compiler + _cpu_flags()).encode())
+    key = key.hexdigest()[:16]
     target = _cache_dir() / f"photo_kernels_{key}.so"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)

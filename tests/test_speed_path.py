@@ -223,3 +223,19 @@ def test_bench_enhance_reports_photos_per_s_parts_and_the_copy_ratio(tmp_path):
         assert row["ratio"] == pytest.approx(row["path_ms"] / row["copy_ms"])
         assert set(row["enhance_ms_per_photo"]) == {"decode", "working_copy", "model", "transfer", "encode"}
     assert res["lut_over_student"] > 0 and json.loads((tmp_path / "b.json").read_text())["n"] == 2
+
+
+def test_torchvision_io_falls_back_to_pil_when_it_cannot(student_dir, tmp_path, monkeypatch):
+    import torchvision.io as tio
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("not supported on this device")
+
+    monkeypatch.setattr(tio, "decode_jpeg", refuse)
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(photo(5)).save(src / "a.jpg", quality=95)
+    with pytest.warns(UserWarning, match="PIL decodes it instead"):
+        assert enhance(["--model", str(student_dir), "--input", str(src), "--output", str(tmp_path / "out"),
+                        "--io", "torchvision"]) == 0
+    assert Image.open(tmp_path / "out" / "a.jpg").size == (72, 48)
