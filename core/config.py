@@ -203,6 +203,9 @@ class EvalConfig:
     score_resolution: str = "photo-1024"  # the path the quality figures were measured on, at 1 MP
     max_images: int = 0  # 0 = all validation pairs
     cv_data: str = ""  # eval.cv's pairs (folder or HF dataset); "" = data.train and data.val together
+    # eval.cv's selection split: that fraction (or, >= 1, that many) of each fold's training pairs picks
+    # the networks' best checkpoint instead of training them; 0 = none, the last checkpoint is kept
+    cv_select: float = 0.25
 
 
 @dataclass

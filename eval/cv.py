@@ -11,8 +11,11 @@ DIR/fold-j/n-NN/data/train: the teacher, the student (distill/run.py) and, if "l
 eval.baselines, the LUT. Then every row of `eval.rows.load_models` is scored on the held-out pairs
 at output resolution, exactly as eval/run.py does (`eval.quality.measure_quality`).
 
---select N carves the last N of the n training names out as the stages' data.val (validation and
-checkpoint selection; not trained on); with 0, data.val is the training pairs themselves.
+--select N (or a fraction such as 0.25; default eval.cv_select) carves the last N of the n training
+names out as the stages' data.val: the selection split. The networks are not trained on it; it
+picks their best checkpoint (train.keep_best, step 0 = the colour prior included) and the colour
+prior is fitted on it too (prior.fit_on=train+val: a closed-form curve loses nothing by seeing it).
+With 0, data.val is the training pairs themselves and the last checkpoint is kept.
 
 Writes DIR/fold-j/n-NN/result.json, DIR/cv.json, DIR/cv.md and, with several sizes,
 DIR/learning_curve.png (DIR: --output_dir, default {output_root}/{name}/cv). Everything resumes:
@@ -217,6 +220,14 @@ def plot_learning_curve(curve: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def num_select(select: float, n: int) -> int:
+    """Pairs of the selection split out of n training pairs: N itself (N >= 1) or the fraction N of n
+    (at least 1 when N > 0)."""
+    if select >= 1:
+        return int(select)
+    return max(1, round(select * n)) if select > 0 else 0
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(description="K-fold cross-validation of the whole pipeline.")
     p.add_argument("--config", default="configs/demo.yaml")
@@ -225,7 +236,8 @@ def parse_args(argv):
                    "data.train and data.val together)")
     p.add_argument("--output_dir", default=None, help="default: {output_root}/{name}/cv")
     p.add_argument("--train_sizes", default="", help="e.g. 4,8,12: training pairs per fold (default: all)")
-    p.add_argument("--select", type=int, default=0, help="last N training pairs become the selection split")
+    p.add_argument("--select", type=float, default=None, help="last N training pairs (N >= 1), or that fraction "
+                   "of them (0 < N < 1), become the selection split (default: eval.cv_select)")
     p.add_argument("--unpaired", default=None, help="'transductive' (the held-out inputs) or a folder of "
                    "unedited photos, for distill.unpaired")
     p.add_argument("overrides", nargs="*", help="section.key=value, for every stage")
@@ -243,13 +255,13 @@ def main(argv=None) -> dict:
     except (ConfigError, DataError, ValueError) as exc:
         sys.exit(f"error: {exc}")
     fewest = min(len(train) for train, _ in folds)
+    select = cfg.eval.cv_select if args.select is None else args.select
     for n in sizes:
-        if n is not None and not args.select < n <= fewest:
+        if n is not None and not 0 < n <= fewest:
             sys.exit(f"error: --train_sizes {n}: the folds have {fewest} training pairs at least ({len(pool)} pairs, "
-                     f"{args.folds} folds) and --select {args.select} of them validate; choose sizes in "
-                     f"{args.select + 1}..{fewest}")
-    if sizes == [None] and not args.select < fewest:
-        sys.exit(f"error: --select {args.select}: the folds have {fewest} training pairs at least; choose fewer")
+                     f"{args.folds} folds); choose sizes in 1..{fewest}")
+        if not num_select(select, n or fewest) < (n or fewest):
+            sys.exit(f"error: --select {select}: {n or fewest} training pairs leave none to train on; choose fewer")
     out = Path(args.output_dir) if args.output_dir else cfg.run_dir("cv")
     unpaired = {None: "none", "transductive": TRANSDUCTIVE}.get(args.unpaired, args.unpaired)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -272,12 +284,13 @@ def main(argv=None) -> dict:
                 progress.console.print(f"fold {j}, {size} pairs: scored already ({result_file})")
             else:
                 progress.console.print(f"fold {j}, {size} training pairs, {len(test_names)} held out: {fold_dir}")
-                fit, val = (train_names[:-args.select], train_names[-args.select:]) if args.select else (
-                    train_names, train_names)
+                k = num_select(select, size)
+                fit, val = (train_names[:-k], train_names[-k:]) if k else (train_names, train_names)
                 data = fold_dir / "data"
                 for split, names in (("train", fit), ("val", val), ("test", test_names)):
                     lay_out(data / split, names, pool)
-                fold_overrides = [*args.overrides, f"data.train={data / 'train'}", f"data.val={data / 'val'}",
+                keep = ["train.keep_best=true", "prior.fit_on=train+val"] if k else []
+                fold_overrides = [*keep, *args.overrides, f"data.train={data / 'train'}", f"data.val={data / 'val'}",
                                   "data.build_demo=false", f"experiment.output_root={fold_dir}", "experiment.name=run"]
                 if args.unpaired:
                     where = data / "test" / "input" if args.unpaired == "transductive" else args.unpaired
@@ -300,7 +313,7 @@ def main(argv=None) -> dict:
             progress.advance(task)
 
     summary = {"command": "python -m eval.cv " + shlex.join(argv), "config": args.config,
-               "data": {"source": label, "num_pairs": len(pool)}, "folds": len(folds), "select": args.select,
+               "data": {"source": label, "num_pairs": len(pool)}, "folds": len(folds), "select": select,
                "unpaired": unpaired, "results": {k: aggregate(v) for k, v in results.items()}}
     names = list(dict.fromkeys(r["name"] for res in summary["results"].values() for r in res["rows"]))
     psnr_at = {k: {r["name"]: r["psnr"]["mean"] for r in res["rows"]} for k, res in summary["results"].items()}
