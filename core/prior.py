@@ -109,6 +109,10 @@ class ColourPrior(ModelFolder, nn.Module):
     def infer(self, x: torch.Tensor, num_steps: int | None = None) -> torch.Tensor:
         return self(x)
 
+    def map_colours(self, rgb: torch.Tensor) -> torch.Tensor:
+        """(N, 3) colours -> (N, 3): a pure per-pixel map, so `lut.export` writes it on the lattice exactly."""
+        return self(rgb.T.reshape(1, 3, -1, 1))[0, :, :, 0].T
+
     def function_evals(self, num_steps: int | None = None) -> int:
         return 0  # no network
 

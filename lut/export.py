@@ -5,8 +5,8 @@
     python -m lut.export --model runs/fivek/student --out s.cube --eval-photos data/fivek/val --json s.json
 
 What goes in the table:
-- A pure global colour map (a model with `map_colours`, e.g. the global colour curve prior): the
-  map evaluated on the lattice, exactly.
+- A pure global colour map (a model with `map_colours`: the global colour curve prior,
+  core/prior.py): the map evaluated on the lattice nodes, exactly.
 - Any other model (teacher, student, the image-adaptive 3D LUT): the best global LUT for the
   model's input -> output colours on a set of photos (`--photos`: the training inputs named in the
   run's config.yaml by default), fitted in closed form with smoothing where no photo has colours

@@ -11,7 +11,6 @@ import torch
 from PIL import Image, ImageCms
 
 from core.demo import photo_path
-from core.models import ModelFolder
 from lut.apply import grade
 from lut.apply import main as apply_main
 from lut.cube import CubeError, apply_cube, format_cube, parse_cube, read_cube, write_cube
@@ -156,6 +155,7 @@ LUT_RUN = ["lut.num_basis=1", "lut.size=9", "lut.cnn_size=32", "lut.train_steps=
            "train.ema_decay=0"]
 
 
+@pytest.mark.slow  # trains the tiny LUT first: about 25 s on 2 cores
 def test_export_of_a_trained_3d_lut_fits_its_training_photos(tiny_data, tmp_path, capsys):
     from lut.export import main as export
     from lut.train import main as train_lut
@@ -244,35 +244,22 @@ def test_a_global_colour_map_is_evaluated_on_the_lattice():
     assert torch.allclose(table, torch.stack([b ** 2, g ** 2, r ** 2]))
 
 
-class GammaMap(ModelFolder, torch.nn.Module):
-    """A pure global colour map under the model-folder protocol, as the global colour prior is."""
-
-    kind, space = "gamma", "image"
-
-    def __init__(self, gamma: float = 0.7):
-        super().__init__()
-        self.arch, self.gamma = {"gamma": gamma}, gamma
-        self.register_buffer("unused", torch.zeros(1))  # a model folder holds at least one tensor
-
-    def map_colours(self, rgb: torch.Tensor) -> torch.Tensor:
-        return rgb ** self.gamma
-
-    def infer(self, x: torch.Tensor, num_steps=None) -> torch.Tensor:
-        return self.map_colours(x)
-
-    def function_evals(self, num_steps=None) -> int:
-        return 0
-
-
-def test_a_pure_colour_map_is_written_exactly_and_measured(tiny_data, tmp_path, capsys):
+def test_the_colour_prior_is_written_exactly_and_measured(tiny_data, tmp_path, capsys):
+    from core.data import PairSource
+    from core.images import to_tensor
+    from core.prior import ColourPrior
     from lut.export import main as export
 
+    pairs = PairSource.open(tiny_data / "train")
+    prior = ColourPrior.fit([tuple(to_tensor(a) for a in pairs.load(i)) for i in range(len(pairs))])
     serving = {"codec": None, "working_long_side": 64, "size_multiple": 8, "transfer": {"mode": "none", "grid": 4}}
-    GammaMap(0.7).save_pretrained(tmp_path / "gamma", manifest=serving)
-    assert export(["--model", str(tmp_path / "gamma"), "--out", str(tmp_path / "g.cube"), "--size", "17"]) == 0
+    prior.save_pretrained(tmp_path / "curve", manifest=serving)
+    assert export(["--model", str(tmp_path / "curve"), "--out", str(tmp_path / "c.cube"), "--size", "17"]) == 0
     assert "LUT vs" not in capsys.readouterr().out  # no photos named, none in a config: no figures
-    assert (read_cube(tmp_path / "g.cube").table - identity_lut(17) ** 0.7).abs().max() < 1e-5
-    assert export(["--model", str(tmp_path / "gamma"), "--out", str(tmp_path / "g.cube"),
-                   "--photos", str(tiny_data / "val"), "--json", str(tmp_path / "g.json")]) == 0
-    figures = json.loads((tmp_path / "g.json").read_text())
+    nodes = identity_lut(17)
+    expected = prior(nodes.reshape(1, 3, 17, 17 * 17)).reshape(3, 17, 17, 17)  # the curve at every node
+    assert (read_cube(tmp_path / "c.cube").table - expected).abs().max() < 1e-5
+    assert export(["--model", str(tmp_path / "curve"), "--out", str(tmp_path / "c.cube"),
+                   "--photos", str(tiny_data / "val"), "--json", str(tmp_path / "c.json")]) == 0
+    figures = json.loads((tmp_path / "c.json").read_text())
     assert figures["method"] == "lattice" and figures["lut_vs_model_db"] > 40  # only trilinear error left
