@@ -10,7 +10,7 @@ LAUNCH := $(BIN)/accelerate launch --num_processes 1 --num_machines 1 --mixed_pr
 TINY_STUDENT := distill.output_name=student_tiny student.block_out_channels=[16,32,32] student.norm_num_groups=8
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install demo data teacher distill lut eval bench fivek cv test lint clean
+.PHONY: install demo data teacher distill lut eval bench fivek cv smoke-real gpu-check test lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -58,6 +58,16 @@ demo: $(STAMP)
 	$(LAUNCH) distill/run.py --config $(CONFIG) --resume_from_checkpoint latest $(TINY_STUDENT)
 	$(LAUNCH) lut/train.py --config $(CONFIG) --resume_from_checkpoint latest
 	$(LAUNCH) eval/run.py --config $(CONFIG)
+
+# the real-size networks (SD 2.1-base UNet + LoRA r256, random weights: no downloads) for 2 steps
+# each on this CPU: parameter counts, s/step and peak RSS (about 15 GiB, tens of minutes on 2 cores)
+smoke-real: $(STAMP)
+	$(BIN)/python -m scripts.real_size --out runs/smoke_real
+
+# on a machine with one CUDA GPU (under 8 minutes on an H100/H200): real-size steps and eval.bench;
+# writes runs/gpu_check/gpu_check.json and .md. `make gpu-check DRY=1` runs it tiny on the CPU.
+gpu-check: $(STAMP)
+	PATH=$(abspath $(BIN)):$$PATH bash scripts/gpu_check.sh $(if $(DRY),--dry)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -8,8 +8,8 @@ Parts (each through the project's own entry points, in this one process):
     hypir    configs/hypir_sd21.yaml: SD 2.1-base UNet (865.9M) + LoRA r256 (259.5M trainable),
              bf16 base, gradient checkpointing, decoded MSE + 5 LPIPS(vgg) + 0.5 GAN at 512 px
     flow     configs/flow_sdxl_vae.yaml: the flow teacher on SDXL-VAE latents at 1024 px
-    distill  configs/hypir_sd21.yaml's student from the hypir teacher (or the flow one)
-    eval     eval/run.py on one photo
+    distill  each config's student from the teacher trained above
+    eval     eval/run.py on one photo (the first teacher's config)
 With no weights offline, LPIPS uses a RANDOM VGG backbone and the GAN a random OpenCLIP ConvNeXt
 (convnext_base here, HYPIR's convnext_xxlarge on a GPU): their costs are real, their values are not.
 
@@ -158,11 +158,12 @@ def main(argv=None) -> dict:
     if "flow" in parts:
         timed("flow teacher (SDXL VAE)", lambda: train_teacher(flow), device, args.steps,
               out / "flow_sdxl_vae" / "teacher", results)
-    chosen = hypir if "hypir" in parts or "flow" not in parts else flow
-    name = "hypir_sd21" if chosen is hypir else "flow_sdxl_vae"
-    if "distill" in parts:
-        timed(f"distill ({name.split('_')[0]} teacher)", lambda: distill(chosen), device, args.steps,
-              out / name / "student", results)
+    runs = [(n, a) for n, a in (("hypir", hypir), ("flow", flow)) if n in parts] or [("hypir", hypir)]
+    if "distill" in parts:  # a student for every teacher trained here
+        for name, stage in runs:
+            run = out / ("hypir_sd21" if name == "hypir" else "flow_sdxl_vae") / "student"
+            timed(f"distill ({name} teacher)", lambda stage=stage: distill(stage), device, args.steps, run, results)
+    chosen = runs[0][1]
     if "eval" in parts:
         timed("eval (one photo)", lambda: evaluate(chosen), device, 0, None, results)
     (out / "real_size.json").write_text(json.dumps(results, indent=2))
