@@ -12,7 +12,8 @@
 # Writes OUT/gpu_check.json and OUT/gpu_check.md (a section for docs/benchmarks.md).
 #
 #   bash scripts/gpu_check.sh                    # OUT=runs/gpu_check, on CUDA
-#   bash scripts/gpu_check.sh --dry              # the same steps on the CPU at tiny size (tests)
+#   bash scripts/gpu_check.sh --dry              # the same steps on the CPU at tiny size, 1 step each,
+#                                                # eval.bench without the fast paths (tests)
 #   bash scripts/gpu_check.sh --out DIR --steps 10
 set -euo pipefail
 
@@ -37,8 +38,9 @@ OUT=$(cd "$OUT" && pwd)
 if [ "$DRY" = 1 ]; then
   export CUDA_VISIBLE_DEVICES=""
   TINY=(--tiny --size 64 --flow-size 64)
-  STEPS=2
+  STEPS=1
   SIZES=(64)
+  BENCH=(--repeats 1 --no-fast-paths)  # the fast paths have their own tests (tests/test_fast.py)
   MODE="dry run: CPU, tiny architectures"
 else
   if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
@@ -47,6 +49,7 @@ else
   fi
   TINY=()
   SIZES=(512 1024)
+  BENCH=(--repeats 5)
   MODE="CUDA, true-size architectures"
 fi
 START=$(date +%s)
@@ -57,9 +60,9 @@ echo "[gpu_check] $MODE; steps $STEPS; out $OUT"
 
 # 4: inference speed on this device, for each trained run folder
 EVAL_ROWS=(eval.students=[student] eval.baselines=[] "eval.teacher_steps=[1]")
-"$PY" -m eval.bench --config configs/hypir_sd21.yaml --sizes "${SIZES[@]}" --repeats 5 \
+"$PY" -m eval.bench --config configs/hypir_sd21.yaml --sizes "${SIZES[@]}" "${BENCH[@]}" \
   --json "$OUT/bench_hypir.json" "experiment.output_root=$OUT" "${EVAL_ROWS[@]}"
-"$PY" -m eval.bench --config configs/flow_sdxl_vae.yaml --sizes "${SIZES[@]}" --repeats 5 --no-fast-paths \
+"$PY" -m eval.bench --config configs/flow_sdxl_vae.yaml --sizes "${SIZES[@]}" --repeats "${BENCH[1]}" --no-fast-paths \
   --json "$OUT/bench_flow.json" "experiment.output_root=$OUT" eval.students=[student] eval.baselines=[] \
   "eval.teacher_steps=[1,4]"
 if "$PY" -c "import eval.bench_enhance" 2>/dev/null; then
