@@ -7,9 +7,11 @@
 The pairs (--data, else eval.cv_data, else data.train and data.val together) are sorted by name;
 fold j holds out names[j*n//K:(j+1)*n//K]. For each fold and training size n (the first n training
 names; default all of them), the stages run in this process with the config's settings on
-DIR/fold-j/n-NN/data/train: the teacher, the student (distill/run.py) and, if "lut" is in
-eval.baselines, the LUT. Then every row of `eval.rows.load_models` is scored on the held-out pairs
-at output resolution, exactly as eval/run.py does (`eval.quality.measure_quality`).
+DIR/fold-j/n-NN/data/train: the teacher, the student (distill/run.py) if distill.output_name is in
+eval.students, and the LUT if "lut" is in eval.baselines (so `eval.students=[] eval.baselines=[]`
+cross-validates the teacher alone, for quick ablations). Then every row of `eval.rows.load_models`
+is scored on the held-out pairs at output resolution, exactly as eval/run.py does
+(`eval.quality.measure_quality`).
 
 --select N (or a fraction such as 0.25; default eval.cv_select) carves the last N of the n training
 names out as the stages' data.val: the selection split. The networks are not trained on it; it
@@ -109,14 +111,22 @@ def lay_out(folder: Path, names: list[str], pool: dict) -> None:
                 save_image(out / file, src[0].load(src[1])[column])
 
 
-def run_stages(config: str, overrides: list[str], cfg, say) -> dict:
-    """Train what is not trained yet (teacher, student, LUT), in this process; {stage: manifest}."""
-    # each stage's command-line entry point, as `accelerate launch teacher/train.py` runs it
-    stages = [("teacher", "teacher", "teacher.train"), ("student", cfg.distill.output_name, "distill.run")]
+def stages_to_train(cfg) -> list[tuple[str, str, str]]:
+    """(stage, run folder, entry module) of each stage a fold trains; a stage whose row is not
+    evaluated is not trained (eval.students=[] eval.baselines=[]: the teacher alone)."""
+    stages = [("teacher", "teacher", "teacher.train")]
+    if cfg.distill.output_name in cfg.eval.students:
+        stages.append(("student", cfg.distill.output_name, "distill.run"))
     if "lut" in cfg.eval.baselines:
         stages.append(("lut", "lut", "lut.train"))
+    return stages
+
+
+def run_stages(config: str, overrides: list[str], cfg, say) -> dict:
+    """Train what is not trained yet (teacher, student, LUT), in this process; {stage: manifest}."""
     manifests = {}
-    for stage, folder, module in stages:
+    # each stage's command-line entry point, as `accelerate launch teacher/train.py` runs it
+    for stage, folder, module in stages_to_train(cfg):
         manifest = cfg.run_dir(folder) / "model" / "manifest.json"
         if manifest.is_file():
             say(f"  {stage}: trained already ({manifest.parent})")

@@ -74,3 +74,13 @@ def test_cv_end_to_end_with_a_learning_curve_and_resume(tiny_data, tmp_path, mon
     assert again["results"]["4"] == summary["results"]["4"]
     psnr = lambda s: [r["psnr"]["mean"] for r in s["results"]["2"]["rows"]]  # noqa: E731
     assert psnr(again) == pytest.approx(psnr(summary), abs=1e-6)
+
+
+def test_only_the_evaluated_stages_are_trained():
+    """eval.students=[] eval.baselines=[]: the teacher alone (quick ablations); by default all three."""
+    from core.config import load_config
+    from eval.cv import stages_to_train
+
+    modules = lambda over: [m for _, _, m in stages_to_train(load_config(CONFIG, over))]  # noqa: E731
+    assert modules(["eval.students=[]", "eval.baselines=[]"]) == ["teacher.train"]
+    assert modules(["eval.students=[student]"]) == ["teacher.train", "distill.run", "lut.train"]
