@@ -37,7 +37,8 @@ def build_lpips(device="cpu", net: str = "alex", random_backbone: bool = False):
         raise LPIPSUnavailable("LPIPS unavailable: the lpips package is not installed (pip install lpips)") from err
     path = backbone_weights_path(net)
     if not path.is_file() and not random_backbone:
-        raise LPIPSUnavailable(f"LPIPS unavailable: {net} weights not in the torch hub cache ({path}); "
+        name = {"alex": "alexnet", "vgg": "vgg16"}[net]
+        raise LPIPSUnavailable(f"LPIPS unavailable: {name} weights not in the torch hub cache ({path}); "
                                "run once with network to download them")
     with warnings.catch_warnings():  # lpips passes torchvision's deprecated `pretrained`
         warnings.simplefilter("ignore")

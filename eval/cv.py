@@ -300,6 +300,8 @@ def main(argv=None) -> dict:
                 for split, names in (("train", fit), ("val", val), ("test", test_names)):
                     lay_out(data / split, names, pool)
                 keep = ["train.keep_best=true", "prior.fit_on=train+val"] if k else []
+                if len(fit) < cfg.train.batch_size:  # small sizes of a learning curve: one batch holds them all
+                    keep.append(f"train.batch_size={len(fit)}")
                 fold_overrides = [*keep, *args.overrides, f"data.train={data / 'train'}", f"data.val={data / 'val'}",
                                   "data.build_demo=false", f"experiment.output_root={fold_dir}", "experiment.name=run"]
                 if args.unpaired:
