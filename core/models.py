@@ -120,7 +120,8 @@ class ModelFolder:
         return model.eval()
 
 
-def _now(device: torch.device) -> float:
+def device_clock(device: torch.device) -> float:
+    """time.perf_counter() after the device has finished its queued work (CUDA runs asynchronously)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return time.perf_counter()
@@ -192,18 +193,18 @@ class LoadedModel:
         """(B, 3, h, w) in [0, 1] at the working size -> the edit, (B, 3, h, w) float in [0, 1], on
         `device`. The one place where an image goes into the codec and comes back out."""
         x = x.to(self.device)
-        t0 = _now(self.device)
+        t0 = device_clock(self.device)
         if self.codec is None:
             out = self.net.infer(x, self.num_steps)
-            self.timings = {"encode_ms": 0.0, "model_ms": (_now(self.device) - t0) * 1e3, "decode_ms": 0.0}
+            self.timings = {"encode_ms": 0.0, "model_ms": (device_clock(self.device) - t0) * 1e3, "decode_ms": 0.0}
             return out.float().clamp(0, 1)
         z = self.codec.encode(x if self.prior is None else self.prior(x))
-        t1 = _now(self.device)
+        t1 = device_clock(self.device)
         z = self.predict(z)
-        t2 = _now(self.device)
+        t2 = device_clock(self.device)
         out = self.codec.decode(z).float().clamp(0, 1)
         self.timings = {"encode_ms": (t1 - t0) * 1e3, "model_ms": (t2 - t1) * 1e3,
-                        "decode_ms": (_now(self.device) - t2) * 1e3}
+                        "decode_ms": (device_clock(self.device) - t2) * 1e3}
         return out
 
     def pipeline(self, long_side: int | None = None, transfer: str | None = None, grid: int | None = None):

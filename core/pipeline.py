@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from core.data import fit_long_side
 from core.images import resize, to_tensor
+from core.models import device_clock
 from core.transfer import apply_affine_grid_u8, apply_transfer, fit_affine_grid
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -92,9 +93,7 @@ class EditPipeline:
         return rgb if (h2, w2) == rgb.shape[:2] else resize(rgb, (w2, h2))
 
     def _now(self) -> float:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        return time.perf_counter()
+        return device_clock(self.device)
 
     @torch.no_grad()
     def edit_working(self, x: torch.Tensor) -> torch.Tensor:

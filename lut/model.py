@@ -15,15 +15,13 @@ in [-1, 1] is its (x, y, z) sampling coordinate.
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from core.images import to_numpy, to_tensor
-from core.models import ModelFolder
+from core.models import ModelFolder, device_clock
 from core.pipeline import photo_tensor
 
 BAND_PIXELS = 1 << 21  # pixels per grid_sample call at full resolution: ~50 MB of temporaries
@@ -187,9 +185,7 @@ class LUTPipeline:
         self.timings: dict[str, float] = {}
 
     def _now(self) -> float:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        return time.perf_counter()
+        return device_clock(self.device)
 
     @torch.no_grad()
     def working_copy(self, rgb: np.ndarray) -> np.ndarray:
