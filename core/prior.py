@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from core.images import to_numpy, to_tensor
-from core.models import ModelFolder
+from core.models import ModelFolder, class_path
 
 DEFAULT_RIDGE = 1e-4
 MAX_FIT_PIXELS = 1 << 16
@@ -121,7 +121,7 @@ class ColourPrior(ModelFolder, nn.Module):
 
     def describe(self) -> dict:
         """What a manifest records of the prior a latent model was trained over."""
-        return {"kind": self.kind, "class": f"{type(self).__module__}:{type(self).__qualname__}",
+        return {"kind": self.kind, "class": class_path(type(self)),
                 "ridge": self.ridge, "weights": self.weights_name}
 
 
