@@ -2,7 +2,7 @@
 
     from core import kernels
     if kernels.available():                       # compiled once per machine, then cached
-        kernels.affine_grid_u8(x, grid, ...)      # core/transfer.py: apply_affine_grid_u8
+        kernels.affine_grid_u8(x, grid, ...)      # core/transfer.py: apply_affine_grid_u8 (a prior first)
         kernels.lut3d_u8(x, table, ...)           # lut/model.py: apply_lut on uint8 photos
 
 Why C: at 24 MP each of these loops does 20-30 float operations per pixel. In eager PyTorch
@@ -122,12 +122,34 @@ static void store_row(uint8_t* restrict p, int64_t cs, const float* restrict R, 
         p[i] = (uint8_t)(int)R[i]; p[i + cs] = (uint8_t)(int)G[i]; p[i + 2 * cs] = (uint8_t)(int)B[i]; } }
 }
 
+/* The colour prior (core/prior.py) on a row, in place: out_c = clamp(sum_k m_k(r, g, b) * k[3 k + c], 0, 1)
+   with r, g, b in [0, 1] and m the 20 monomials of degree <= 3 in core.prior.MONOMIALS' order.
+   Pixels in and out in levels 0..255 (the grid's units). */
+static void poly_row(float* restrict R, float* restrict G, float* restrict B, int64_t w, const float* restrict k) {
+    const float s = 1.f / 255.f;
+    for (int64_t i = 0; i < w; i++) {
+        float r = R[i] * s, g = G[i] * s, b = B[i] * s;
+        float rr = r * r, rg = r * g, rb = r * b, gg = g * g, gb = g * b, bb = b * b;
+        float m[20] = {1.f, r, g, b, rr, rg, rb, gg, gb, bb,
+                       rr * r, rr * g, rr * b, r * gg, r * gb, r * bb, gg * g, gg * b, g * bb, bb * b};
+        float o[3];
+        for (int c = 0; c < 3; c++) {
+            float v = 0.f;
+            for (int t = 0; t < 20; t++) v += m[t] * k[3 * t + c];
+            v = v < 0.f ? 0.f : v;
+            o[c] = (v > 1.f ? 1.f : v) * 255.f;
+        }
+        R[i] = o[0]; G[i] = o[1]; B[i] = o[2];
+    }
+}
+
 /* x, out: nimg images of h x w RGB uint8, HWC (planar = 0) or CHW (planar = 1).
    grid: (nimg, gh, gw, 12) float [A | b] in units of 255: out = A @ rgb + b.
-   Rows read grid rows j0, j1 with weight fy; pixels read cells i0, i0 + 1 with weight fx. */
+   Rows read grid rows j0, j1 with weight fy; pixels read cells i0, i0 + 1 with weight fx.
+   poly: NULL, or the (20, 3) coefficients of a colour prior applied to each pixel before the grid. */
 void affine_grid_u8(const uint8_t* x, uint8_t* out, int64_t nimg, int64_t h, int64_t w, int planar,
                     const float* grid, int gh, int gw, const int32_t* j0, const int32_t* j1,
-                    const float* fy, const int32_t* i0, const float* fx, int nthreads) {
+                    const float* fy, const int32_t* i0, const float* fx, const float* poly, int nthreads) {
     init_masks();
     #pragma omp parallel num_threads(nthreads)
     {
@@ -143,6 +165,7 @@ void affine_grid_u8(const uint8_t* x, uint8_t* out, int64_t nimg, int64_t h, int
             for (int k = 0; k < gw * 12; k++) row[k] = g0[k] + t * (g1[k] - g0[k]);
             int64_t offset = planar ? bi * 3 * h * w + y * w : (bi * h + y) * w * 3;
             load_row(x + offset, cs, R, G, B, w);
+            if (poly) poly_row(R, G, B, w, poly);
             for (int64_t xs = 0; xs < w;) {
                 int c = i0[xs], c1 = i0[xs] + 1 < gw ? i0[xs] + 1 : i0[xs];
                 int64_t xe = xs;
@@ -230,7 +253,7 @@ def _build() -> ctypes.CDLL:
             os.replace(lib, target)  # atomic: another process may be building the same file
     lib = ctypes.CDLL(str(target))
     i64, i32, ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p
-    lib.affine_grid_u8.argtypes = [ptr, ptr, i64, i64, i64, i32, ptr, i32, i32, ptr, ptr, ptr, ptr, ptr, i32]
+    lib.affine_grid_u8.argtypes = [ptr, ptr, i64, i64, i64, i32, ptr, i32, i32, ptr, ptr, ptr, ptr, ptr, ptr, i32]
     lib.lut3d_u8.argtypes = [ptr, ptr, i64, i64, i64, i32, ptr, i32, ptr, ptr, i32]
     return lib
 
@@ -276,16 +299,23 @@ def _output(x: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
 
 
 def affine_grid_u8(x: torch.Tensor, grid: torch.Tensor, j0: torch.Tensor, j1: torch.Tensor, fy: torch.Tensor,
-                   i0: torch.Tensor, fx: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+                   i0: torch.Tensor, fx: torch.Tensor, out: torch.Tensor | None = None,
+                   poly: torch.Tensor | None = None) -> torch.Tensor:
     """x (B, 3, H, W) uint8; grid (B, G_h, G_w, 12) float32 [A | b], b in units of 255; the row and
     column interpolation tables (int32 cells, float32 weights). Returns uint8 in x's layout (into
-    `out` when given: a reused buffer saves the page faults of a fresh 72 MB one at 24 MP)."""
+    `out` when given: a reused buffer saves the page faults of a fresh 72 MB one at 24 MP).
+    `poly`: (20, 3) cubic coefficients of a colour prior (core/prior.py) applied to each pixel
+    first, in the same pass: out = grid(prior(x))."""
     x, planar = _layout(x)
     out = _output(x, out)
     b, _, h, w = x.shape
     grid, tables = grid.float().contiguous(), [t.contiguous() for t in (j0, j1, fy, i0, fx)]
+    if poly is not None:
+        poly = poly.detach().to("cpu", torch.float32).contiguous()
+        if poly.shape != (20, 3):
+            raise ValueError(f"core/kernels.py: poly has shape {tuple(poly.shape)}; expected (20, 3)")
     _lib.affine_grid_u8(_ptr(x), _ptr(out), b, h, w, planar, _ptr(grid), grid.shape[1], grid.shape[2],
-                        *map(_ptr, tables), torch.get_num_threads())
+                        *map(_ptr, tables), None if poly is None else _ptr(poly), torch.get_num_threads())
     return out
 
 

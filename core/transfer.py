@@ -9,6 +9,12 @@ every pixel of the original's detail at any size. Linear in pixels, no tiles, no
 
     coeffs = fit_affine_grid(lo_in, lo_out, grid=32)      # (B, 32, 32, 3, 4)
     full_out = apply_affine_grid(full_in, coeffs)         # (B, 3, H, W), banded rows
+
+A model trained over a colour prior (core/prior.py: a global per-pixel curve) passes it as
+`pre`: the curve is applied exactly at full resolution and only the network's residual edit,
+prior(lo_in) -> lo_out, goes through the grid. A model that learnt nothing (the step-0
+checkpoint) then reproduces the curve row exactly at any size, instead of a grid's piecewise
+affine approximation of a cubic (which cost 0.04-0.44 dB a fold on FiveK).
 """
 from __future__ import annotations
 
@@ -120,9 +126,10 @@ def _check_coeffs(full_in: torch.Tensor, coeffs: torch.Tensor) -> None:
 
 
 def _apply_bands(full_in: torch.Tensor, coeffs: torch.Tensor, out: torch.Tensor, band_rows: int,
-                 dtype: torch.dtype = torch.float32) -> torch.Tensor:
+                 dtype: torch.dtype = torch.float32, pre=None) -> torch.Tensor:
     """The PyTorch apply, band_rows rows at a time; uint8 `out` means pixels in levels 0..255 and
-    the result rounded to uint8 in the same pass (no full-size float copy is ever made)."""
+    the result rounded to uint8 in the same pass (no full-size float copy is ever made).
+    `pre`: a per-pixel colour map on [0, 1] images (the colour prior) applied to each band first."""
     b, _, h, w = full_in.shape
     gh, gw = coeffs.shape[1:3]
     dev = full_in.device
@@ -140,6 +147,8 @@ def _apply_bands(full_in: torch.Tensor, coeffs: torch.Tensor, out: torch.Tensor,
         c = along_x[:, :, j0[rows]].lerp_(along_x[:, :, j1[rows]], fy[rows])
         c = c.unflatten(1, (3, 4))                                        # (B, 3, 4, r, W)
         px = full_in[:, :, rows].to(dtype)
+        if pre is not None:
+            px = (pre(px.float() / scale) * scale).to(dtype)
         band = c[:, :, 3].clone()
         for k in range(3):
             band.addcmul_(c[:, :, k], px[:, k:k + 1])
@@ -148,23 +157,25 @@ def _apply_bands(full_in: torch.Tensor, coeffs: torch.Tensor, out: torch.Tensor,
 
 
 def apply_affine_grid(full_in: torch.Tensor, coeffs: torch.Tensor,
-                      band_rows: int = BAND_ROWS) -> torch.Tensor:
+                      band_rows: int = BAND_ROWS, pre=None) -> torch.Tensor:
     """Apply a (B, G_h, G_w, 3, 4) grid of affine colour transforms to a full-size image.
 
     full_in: (B, 3, H, W) float in [0, 1]. The grid is upsampled bilinearly to (H, W) with cell
     centres aligned as F.interpolate(mode="bilinear", align_corners=False) does, band_rows rows
     at a time, so a 24 MP image needs only one band of per-pixel coefficients in memory; the
     result equals the one-shot computation. Returns (B, 3, H, W) float32 clamped to [0, 1].
+    `pre`: the colour prior (core.prior.ColourPrior), applied to every pixel before the grid.
     """
     _check_image("full_in", full_in)
     _check_coeffs(full_in, coeffs)
     b, _, h, w = full_in.shape
     out = torch.empty(b, 3, h, w, dtype=torch.float32, device=full_in.device)
-    return _apply_bands(full_in, coeffs, out, band_rows)
+    return _apply_bands(full_in, coeffs, out, band_rows, pre=pre)
 
 
 def apply_affine_grid_u8(full_in: torch.Tensor, coeffs: torch.Tensor, band_rows: int | None = None,
-                         dtype: torch.dtype = torch.float32, out: torch.Tensor | None = None) -> torch.Tensor:
+                         dtype: torch.dtype = torch.float32, out: torch.Tensor | None = None,
+                         pre=None) -> torch.Tensor:
     """apply_affine_grid on uint8 pixels: (B, 3, H, W) uint8 in (any layout; HWC photos as
     channels_last views stay in place) -> (B, 3, H, W) uint8, rounded, in full_in's layout.
 
@@ -173,6 +184,8 @@ def apply_affine_grid_u8(full_in: torch.Tensor, coeffs: torch.Tensor, band_rows:
     halves the traffic; its error is at most one level, tests/test_speed_path.py).
     Equals round(255 * apply_affine_grid(full_in / 255, coeffs)) within one level of 255.
     `out`: a uint8 buffer like full_in to write into (reused buffers skip a fresh allocation).
+    `pre`: the colour prior (core.prior.ColourPrior), applied to every pixel before the grid (in
+    the kernel's same pass: its cubic coefficients).
     """
     _check_image("full_in", full_in)
     _check_coeffs(full_in, coeffs)
@@ -189,17 +202,19 @@ def apply_affine_grid_u8(full_in: torch.Tensor, coeffs: torch.Tensor, band_rows:
         j0, j1, fy = _interp_index(h, gh, "cpu")
         i0, _, fx = _interp_index(w, gw, "cpu")
         return kernels.affine_grid_u8(full_in, grid.flatten(3), j0.int(), j1.int(), fy.float(), i0.int(),
-                                      fx.float(), out)
+                                      fx.float(), out, None if pre is None else pre.coeffs)
     rows = band_rows or (BAND_ROWS if full_in.device.type == "cpu" else 1024)  # a GPU wants big launches
-    return _apply_bands(full_in, coeffs, torch.empty_like(full_in) if out is None else out, rows, dtype)
+    return _apply_bands(full_in, coeffs, torch.empty_like(full_in) if out is None else out, rows, dtype, pre)
 
 
 def transfer_edit(full_in: torch.Tensor, lo_in: torch.Tensor, lo_out: torch.Tensor,
                   grid: int | tuple[int, int] = DEFAULT_GRID, eps: float = DEFAULT_EPS,
-                  band_rows: int = BAND_ROWS) -> torch.Tensor:
-    """Carry the edit lo_in -> lo_out (B, 3, h, w) over to full_in (B, 3, H, W), all in [0, 1].
+                  band_rows: int = BAND_ROWS, pre=None) -> torch.Tensor:
+    """Carry the edit lo_in -> lo_out (B, 3, h, w) over to full_in (B, 3, H, W), all in [0, 1];
+    with `pre` (the colour prior) the curve is exact and the grid carries prior(lo_in) -> lo_out.
     Returns (B, 3, H, W) float32 in [0, 1]."""
-    return apply_affine_grid(full_in, fit_affine_grid(lo_in, lo_out, grid, eps), band_rows)
+    base = lo_in if pre is None else pre(lo_in)
+    return apply_affine_grid(full_in, fit_affine_grid(base, lo_out, grid, eps), band_rows, pre)
 
 
 def _to_bchw(name: str, a: np.ndarray) -> torch.Tensor:
@@ -222,14 +237,15 @@ def transfer_edit_np(full_rgb: np.ndarray, lo_in: np.ndarray, lo_out: np.ndarray
 
 def apply_transfer(mode: str, full_in: torch.Tensor, lo_in: torch.Tensor | None,
                    lo_out: torch.Tensor, grid: int | tuple[int, int] = DEFAULT_GRID,
-                   eps: float = DEFAULT_EPS) -> torch.Tensor:
+                   eps: float = DEFAULT_EPS, pre=None) -> torch.Tensor:
     """Bring the working-size edit lo_out (B, 3, h, w) to full_in's size (B, 3, H, W).
 
     mode "grid": the affine-grid transfer (keeps full_in's detail); "none": plain bilinear
-    upsampling of lo_out, the baseline (lo_in unused). Returns (B, 3, H, W) float32 in [0, 1].
+    upsampling of lo_out, the baseline (lo_in and pre unused). `pre`: see transfer_edit.
+    Returns (B, 3, H, W) float32 in [0, 1].
     """
     if mode == "grid":
-        return transfer_edit(full_in, lo_in, lo_out, grid, eps)
+        return transfer_edit(full_in, lo_in, lo_out, grid, eps, pre=pre)
     if mode == "none":
         _check_image("lo_out", lo_out)
         up = F.interpolate(lo_out.float(), size=full_in.shape[-2:], mode="bilinear",

@@ -139,3 +139,39 @@ def test_unpaired_distillation_runs_end_to_end(tiny_data, tmp_path):
     n_paired = len(list((tiny_data / "train" / "input").iterdir()))
     assert student.manifest["train_pairs"] == n_paired + len(list(unpaired.iterdir()))
     assert student.prior is not None  # the student works over the teacher's prior
+
+
+def test_step_zero_model_reproduces_the_curve_exactly_at_full_resolution(monkeypatch):
+    """The full-size path applies the prior to every pixel and carries only the network's residual
+    through the grid: an untrained model's photo equals the curve row's (float exactly, uint8 within
+    one level, with the C kernel and with the PyTorch bands), not a grid's approximation of it."""
+    import numpy as np
+
+    from core import kernels
+    from core.codecs import PixelCodec
+    from core.models import LoadedModel
+    from core.pipeline import EditPipeline
+    from student import Student
+
+    g = torch.Generator().manual_seed(1)
+    prior = ColourPrior.fit([(x, known_curve(x)) for x in [torch.rand(3, 32, 32, generator=g)]])
+    model = LoadedModel(Student(PixelCodec(8).channels, "slim", [16, 16], 1, 8).eval(), {}, PixelCodec(8),
+                        prior=prior)
+    pipe = EditPipeline(model, long_side=32, transfer="grid", grid=4, multiple=16)
+    # a smooth photo with fine texture: at 96x128 the working copy (32x24 -> 32x32 multiple) loses detail
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, 96), torch.linspace(0, 1, 128), indexing="ij")
+    photo = torch.stack([xx, yy, (xx * yy) ** 0.5]) * 0.8 + 0.2 * torch.rand(3, 96, 128, generator=g)
+    curve = prior(photo[None])[0].permute(1, 2, 0).numpy()
+    out = pipe(photo.permute(1, 2, 0).numpy().astype(np.float32))
+    assert np.abs(out - curve).max() < 1e-4
+    without = EditPipeline(model, long_side=32, transfer="grid", grid=4, multiple=16)
+    without.prior = None  # the old path: the curve approximated by the grid, for contrast
+    assert np.abs(without(photo.permute(1, 2, 0).numpy().astype(np.float32)) - curve).max() > 1e-3
+    u8 = (photo * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    ref = (prior(torch.from_numpy(u8).permute(2, 0, 1)[None].float() / 255)[0] * 255).round()
+    paths = [pipe(u8)]
+    monkeypatch.setenv("ESTATE_EDIT_KERNELS", "0")
+    assert not kernels.available()
+    paths.append(pipe(u8))
+    for got in paths:
+        assert np.abs(got.astype(np.float32) - ref.permute(1, 2, 0).numpy()).max() <= 1

@@ -239,3 +239,24 @@ def test_torchvision_io_falls_back_to_pil_when_it_cannot(student_dir, tmp_path, 
         assert enhance(["--model", str(student_dir), "--input", str(src), "--output", str(tmp_path / "out"),
                         "--io", "torchvision"]) == 0
     assert Image.open(tmp_path / "out" / "a.jpg").size == (72, 48)
+
+
+def test_c_kernel_applies_the_colour_prior_like_the_pytorch_bands(monkeypatch):
+    if not kernels.available():
+        pytest.skip("no C compiler: the PyTorch path is the only one")
+    from core.prior import ColourPrior
+
+    g = torch.Generator().manual_seed(2)
+    prior = ColourPrior.fit([(x, (x ** 0.7 * torch.tensor([1.0, 0.95, 0.85]).view(3, 1, 1)).clamp(0, 1))
+                             for x in [torch.rand(3, 24, 24, generator=g)]])
+    hwc = torch.randint(0, 256, (2, 37, 53, 3), dtype=torch.uint8, generator=g).permute(0, 3, 1, 2)
+    coeffs = torch.eye(3, 4).repeat(2, 5, 7, 1, 1) + 0.05 * torch.randn(2, 5, 7, 3, 4, generator=g)
+    fast = [apply_affine_grid_u8(x, coeffs, pre=prior) for x in (hwc, hwc.contiguous())]
+    monkeypatch.setenv("ESTATE_EDIT_KERNELS", "0")
+    slow = apply_affine_grid_u8(hwc, coeffs, pre=prior)
+    ref = (apply_affine_grid(hwc.float() / 255, coeffs, pre=prior) * 255).round()
+    plain = apply_affine_grid_u8(hwc, coeffs)
+    assert (plain.int() - slow.int()).abs().max() > 5  # the prior changed the result
+    for out in fast:
+        assert (out.float() - ref).abs().max() <= 1
+        assert (out.int() - slow.int()).abs().max() <= 1
