@@ -130,6 +130,8 @@ class TeacherConfig:
     train_steps: int = 1000
     learning_rate: float = 2e-4
     l1_weight: float = 0.0  # L1 on the decoded estimate of the result
+    hist_weight: float = 0.0  # colour histogram: 1-D Wasserstein distance of each channel's values, per image
+    ssim_weight: float = 0.0  # 1 - SSIM (11x11 Gaussian window) on the decoded estimate
     lpips_weight: float = 0.0  # LPIPS on the decoded estimate (needs its weights)
     # HYPIR's stage-one recipe: latent_weight 0, pixel_mse_weight 1, lpips_weight 5 (vgg), gan.weight 0.5
     latent_weight: float = 1.0  # the model's own latent loss (flow matching | latent MSE)
@@ -232,6 +234,9 @@ class TrainConfig:
     max_nonfinite_steps: int = 10  # stop after this many skipped steps in a row
     log_every: int = 10
     keep_best: bool = False  # keep the weights with the best validation PSNR (step 0, the prior, included)
+    # a later checkpoint replaces the kept one only if its validation PSNR is at least this much higher
+    # (early stopping's min_delta: with a few validation photos, a smaller gain is noise)
+    keep_best_min_delta: float = 0.0
 
 
 @dataclass

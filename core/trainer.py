@@ -257,7 +257,8 @@ def train(accelerator, tc: TrainConfig, *, phases: list[Phase], dataset, total_s
         try:
             with torch.random.fork_rng(devices=[]):  # validation must not shift the training RNG
                 metrics = validate(state.step, ema is not None)
-            if tc.keep_best and metrics and unwrapped is not None and (best is None or metrics["psnr"] > best["psnr"]):
+            better = bool(metrics) and (best is None or metrics["psnr"] > best["psnr"] + tc.keep_best_min_delta)
+            if tc.keep_best and better and unwrapped is not None:
                 best = {"step": state.step, "psnr": metrics["psnr"],
                         "state": {k: v.detach().cpu().clone() for k, v in _trained(unwrapped).items()}}
                 _write_best(best_path, best)

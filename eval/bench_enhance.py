@@ -5,7 +5,8 @@
 
 1. Makes (once, in --folder) N real-looking photos: the demo's package photos (core.demo) upscaled
    to --size with fine detail and sensor noise added, saved as JPEG quality 92 with EXIF.
-2. For each row (identity; a freshly initialised student built from --config; a freshly
+2. For each row (identity; a freshly initialised student built from --config, with a colour prior
+   when the config has one (prior.kind: curve), as a trained student has; a freshly
    initialised 3D LUT; each --model) runs enhance's own loop on the folder (decode and encode in
    --workers threads, overlapped with the compute) and prints photos/s and ms per part: decode,
    working copy, model (codec + network), transfer (fit + apply), encode.
@@ -37,6 +38,7 @@ from core.demo import PHOTOS, photo_path
 from core.images import find_photos, load_photo
 from core.models import load_model
 from core.pipeline import EditPipeline
+from core.prior import ColourPrior
 from eval.throughput import device_name, synchronize
 
 
@@ -75,7 +77,12 @@ def demo_rows(cfg, device) -> list[tuple[str, object]]:
     with torch.no_grad():  # not the identity: a trained student's cost, a visible edit
         student.net.conv_out.weight.normal_(0, 1e-3)
     manifest = {"kind": "student", **serving_manifest(cfg, asdict(cfg.codec))}
-    model = LoadedModel(net=student.to(device), manifest=manifest, codec=codec, device=torch.device(device))
+    prior = None
+    if cfg.prior.kind == "curve":  # as trained: the curve on every full-size pixel, the residual through the grid
+        x = torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(0))
+        prior = ColourPrior.fit([(x, x ** 0.8)], cfg.prior.ridge).to(device)
+    model = LoadedModel(net=student.to(device), manifest=manifest, codec=codec, device=torch.device(device),
+                        prior=prior)
     identity = EditPipeline(None, model.working_long_side, model.transfer, model.transfer_grid, device,
                             model.size_multiple)
     lut = cfg.lut

@@ -3,6 +3,8 @@
     L = latent_weight    * L_model                       flow matching | latent MSE (hypir)
       + pixel_mse_weight * || D(z_hat) - D(z_target) ||^2
       + l1_weight        * || D(z_hat) - D(z_target) ||_1
+      + hist_weight      * W1(D(z_hat), D(z_target))        colour histograms: per image and channel
+      + ssim_weight      * (1 - SSIM(D(z_hat), D(z_target)))
       + lpips_weight     * LPIPS_net(D(z_hat), D(z_target))        net: vgg (HYPIR) | alex
       + gan.weight       * L_gan_G(Disc(D(z_hat), D(z_in)))         after gan.warmup_steps
     L_disc = L_gan_D(Disc(D(z_target), D(z_in)), Disc(D(z_hat), D(z_in)))
@@ -24,6 +26,30 @@ from core.discriminators import OpenCLIPDiscriminator
 from core.gan import gan_d_loss, gan_g_loss
 from core.perceptual import load_lpips
 from core.trainer import Phase, make_optimizer
+
+
+def histogram_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Colour-histogram distance of (B, 3, H, W) images: the 1-D Wasserstein-1 distance between the
+    value distributions of each channel of each image (the mean |sorted x - sorted y|), averaged.
+    Blind to where a colour is, so it asks for the edit's tone and colour distribution only."""
+    return (x.flatten(2).sort(-1).values - y.flatten(2).sort(-1).values).abs().mean()
+
+
+def ssim_loss(x: torch.Tensor, y: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """1 - mean SSIM of (B, C, H, W) images in [0, 1] (Gaussian window, the usual constants)."""
+    c = x.shape[1]
+    g = torch.exp(-(torch.arange(window, device=x.device, dtype=x.dtype) - window // 2) ** 2 / (2 * sigma ** 2))
+    g = g / g.sum()
+    k = (g[:, None] * g[None, :]).expand(c, 1, window, window)
+
+    def blur(v):
+        return F.conv2d(v, k, groups=c)
+
+    mx, my = blur(x), blur(y)
+    vx, vy, cxy = blur(x * x) - mx ** 2, blur(y * y) - my ** 2, blur(x * y) - mx * my
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
+    return 1 - s.mean()
 
 
 class TeacherLoss:
@@ -66,7 +92,8 @@ class TeacherLoss:
         latent, z_hat = self.model(batch["z_in"], batch["z_target"])
         loss = t.latent_weight * latent
         parts = {self.latent_name: latent.detach()}
-        if not (t.pixel_mse_weight > 0 or t.l1_weight > 0 or self.lpips is not None or self.adversarial(step)):
+        pixel_terms = (t.pixel_mse_weight, t.l1_weight, t.hist_weight, t.ssim_weight)
+        if not (any(w > 0 for w in pixel_terms) or self.lpips is not None or self.adversarial(step)):
             return loss, parts
         x = self._decoded(batch)
         x_hat, x_tgt = self.codec.decode(z_hat).float(), x["z_target"]
@@ -76,6 +103,12 @@ class TeacherLoss:
         if t.l1_weight > 0:
             l1 = (x_hat - x_tgt).abs().mean()  # || D(z_hat) - D(z_target) ||_1
             loss, parts["loss_l1"] = loss + t.l1_weight * l1, l1.detach()
+        if t.hist_weight > 0:
+            hist = histogram_loss(x_hat, x_tgt)
+            loss, parts["loss_hist"] = loss + t.hist_weight * hist, hist.detach()
+        if t.ssim_weight > 0:
+            ss = ssim_loss(x_hat.clamp(0, 1), x_tgt.clamp(0, 1))
+            loss, parts["loss_ssim"] = loss + t.ssim_weight * ss, ss.detach()
         if self.lpips is not None:
             lp = self.lpips(x_hat.clamp(0, 1) * 2 - 1, x_tgt.clamp(0, 1) * 2 - 1).mean()
             loss, parts["loss_lpips"] = loss + t.lpips_weight * lp, lp.detach()

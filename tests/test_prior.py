@@ -84,6 +84,20 @@ def test_training_starts_at_the_curve_and_keeps_the_best(tiny_data, tmp_path):
     assert [r["name"] for r in rows][:2] == ["identity", "curve"]
 
 
+def test_keep_best_min_delta_keeps_the_prior_unless_a_checkpoint_beats_it_by_the_margin(tiny_data, tmp_path):
+    """A run whose validation improves keeps a later step with min_delta 0, and step 0 (the curve)
+    when the margin is more than the run gained."""
+    from teacher.train import main as train_teacher
+
+    common = ["train.keep_best=true", "train.validation_steps=2", "train.ema_decay=0", "train.lr_warmup_steps=0",
+              "teacher.learning_rate=2e-3", "teacher.train_steps=8", "prior.kind=none"]  # from identity: room to gain
+    plain = train_teacher(["--config", CONFIG, *tiny_overrides(tiny_data, tmp_path / "a"), *common])
+    assert plain["selected_step"] > 0
+    strict = train_teacher(["--config", CONFIG, *tiny_overrides(tiny_data, tmp_path / "b"), *common,
+                            "train.keep_best_min_delta=100"])
+    assert strict["selected_step"] == 0
+
+
 def test_selection_warns_when_the_choice_is_below_identity_or_the_curve():
     from core.config import EvalConfig
     from eval.score import score_rows

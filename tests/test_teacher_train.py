@@ -135,3 +135,37 @@ def test_lpips_loss_without_weights_stops_with_the_fix(tiny_data, tmp_path, monk
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
     with pytest.raises(LPIPSUnavailable, match="teacher.lpips_weight=0"):
         run_teacher([*tiny_overrides(tiny_data, tmp_path), "teacher.lpips_weight=1.0"])
+
+
+def test_histogram_and_ssim_losses_measure_what_they_claim():
+    from eval.metrics import ssim
+    from teacher.losses import histogram_loss, ssim_loss
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, 24, 32, generator=g) * 0.8
+    shuffled = x.flatten(2)[..., torch.randperm(24 * 32, generator=g)].view_as(x)
+    assert histogram_loss(shuffled, x) < 1e-7  # the same colours anywhere: the same histograms
+    assert abs(float(histogram_loss(x + 0.1, x)) - 0.1) < 1e-6  # W1 of a shift is the shift
+    blurred = torch.nn.functional.avg_pool2d(x, 3, 1, 1)
+    assert float(ssim_loss(x, x)) < 1e-6
+    assert abs(float(ssim_loss(blurred, x)) - (1 - ssim(blurred, x))) < 0.02  # the eval's SSIM
+
+
+def test_teacher_loss_adds_the_histogram_and_ssim_terms():
+    from types import SimpleNamespace
+
+    from core.codecs import PixelCodec
+    from core.config import load_config
+    from teacher.losses import TeacherLoss
+
+    cfg = load_config(str(REPO / "configs" / "demo.yaml"), ["teacher.hist_weight=1.0", "teacher.ssim_weight=0.5"])
+    codec = PixelCodec(4)
+    x, y = torch.rand(2, 3, 16, 16), torch.rand(2, 3, 16, 16)
+    z_hat = codec.encode(x).requires_grad_(True)
+    loss = TeacherLoss(cfg, lambda z_in, z_target: (torch.zeros(()), z_hat), "flow", codec,
+                       SimpleNamespace(device=torch.device("cpu")), total_steps=1)
+    total, parts = loss.loss_fn({"z_in": codec.encode(x), "z_target": codec.encode(y)}, step=0)
+    assert parts["loss_hist"] > 0 and 0 < parts["loss_ssim"] < 2
+    assert torch.isclose(total, parts["loss_hist"] + 0.5 * parts["loss_ssim"])
+    total.backward()
+    assert z_hat.grad.abs().sum() > 0
