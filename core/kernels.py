@@ -126,21 +126,20 @@ static void store_row(uint8_t* restrict p, int64_t cs, const float* restrict R, 
    with r, g, b in [0, 1] and m the 20 monomials of degree <= 3 in core.prior.MONOMIALS' order.
    Pixels in and out in levels 0..255 (the grid's units). */
 static void poly_row(float* restrict R, float* restrict G, float* restrict B, int64_t w, const float* restrict k) {
+    float k0[20], k1[20], k2[20];  /* per channel, so the loop below is straight-line code gcc vectorises */
+    for (int t = 0; t < 20; t++) { k0[t] = k[3 * t]; k1[t] = k[3 * t + 1]; k2[t] = k[3 * t + 2]; }
     const float s = 1.f / 255.f;
+#define POLY(K) (K[0] + K[1] * r + K[2] * g + K[3] * b + K[4] * rr + K[5] * rg + K[6] * rb + K[7] * gg \
+                 + K[8] * gb + K[9] * bb + K[10] * rr * r + K[11] * rr * g + K[12] * rr * b + K[13] * r * gg \
+                 + K[14] * r * gb + K[15] * r * bb + K[16] * gg * g + K[17] * gg * b + K[18] * g * bb + K[19] * bb * b)
     for (int64_t i = 0; i < w; i++) {
         float r = R[i] * s, g = G[i] * s, b = B[i] * s;
         float rr = r * r, rg = r * g, rb = r * b, gg = g * g, gb = g * b, bb = b * b;
-        float m[20] = {1.f, r, g, b, rr, rg, rb, gg, gb, bb,
-                       rr * r, rr * g, rr * b, r * gg, r * gb, r * bb, gg * g, gg * b, g * bb, bb * b};
-        float o[3];
-        for (int c = 0; c < 3; c++) {
-            float v = 0.f;
-            for (int t = 0; t < 20; t++) v += m[t] * k[3 * t + c];
-            v = v < 0.f ? 0.f : v;
-            o[c] = (v > 1.f ? 1.f : v) * 255.f;
-        }
-        R[i] = o[0]; G[i] = o[1]; B[i] = o[2];
+        float o0 = POLY(k0), o1 = POLY(k1), o2 = POLY(k2);
+        o0 = o0 < 0.f ? 0.f : o0; o1 = o1 < 0.f ? 0.f : o1; o2 = o2 < 0.f ? 0.f : o2;
+        R[i] = (o0 > 1.f ? 1.f : o0) * 255.f; G[i] = (o1 > 1.f ? 1.f : o1) * 255.f; B[i] = (o2 > 1.f ? 1.f : o2) * 255.f;
     }
+#undef POLY
 }
 
 /* x, out: nimg images of h x w RGB uint8, HWC (planar = 0) or CHW (planar = 1).
