@@ -126,7 +126,9 @@ class ColourPrior(ModelFolder, nn.Module):
 
 
 class CurvePipeline:
-    """The EditPipeline interface for the curve: `pipe(rgb)` maps every pixel at full resolution."""
+    """The EditPipeline interface for the curve: `pipe(rgb)` maps every pixel at full resolution;
+    uint8 photos go through `edit_batch` (the C kernel's prior pass with an identity grid: one read
+    and one write of each pixel)."""
 
     def __init__(self, prior: ColourPrior, device: str | torch.device = "cpu"):
         self.prior, self.device = prior.to(device).eval(), torch.device(device)
@@ -140,7 +142,27 @@ class CurvePipeline:
         return self.prior(x.to(self.device)).cpu()
 
     @torch.no_grad()
+    def edit_batch(self, x: torch.Tensor, lo: torch.Tensor | None = None, out: torch.Tensor | None = None
+                   ) -> torch.Tensor:
+        """(B, 3, H, W) uint8 -> the curve applied, uint8 in x's layout (`lo` unused)."""
+        from core.models import device_clock
+        from core.transfer import apply_affine_grid_u8
+
+        t0 = device_clock(self.device)
+        x = x.to(self.device, non_blocking=True)
+        identity = torch.eye(3, 4, device=self.device).expand(x.shape[0], 1, 1, 3, 4)
+        out = apply_affine_grid_u8(x, identity, out=out, pre=self.prior)
+        self.timings = {"resize_ms": 0.0, "encode_ms": 0.0, "model_ms": (device_clock(self.device) - t0) * 1e3,
+                        "decode_ms": 0.0, "fit_ms": 0.0, "transfer_ms": 0.0}
+        return out
+
+    @torch.no_grad()
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        """(H, W, 3) uint8 -> uint8 (edit_batch); float in [0, 1] -> float32, the curve on every pixel."""
+        if rgb.dtype == np.uint8:
+            from core.pipeline import photo_tensor
+
+            return self.edit_batch(photo_tensor(rgb))[0].permute(1, 2, 0).cpu().numpy()
         t0 = time.perf_counter()
         out = to_numpy(self.prior(to_tensor(rgb, view=True)[None].to(self.device))[0])
         self.timings = {"resize_ms": 0.0, "encode_ms": 0.0, "model_ms": (time.perf_counter() - t0) * 1e3,

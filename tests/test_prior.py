@@ -189,3 +189,17 @@ def test_step_zero_model_reproduces_the_curve_exactly_at_full_resolution(monkeyp
     paths.append(pipe(u8))
     for got in paths:
         assert np.abs(got.astype(np.float32) - ref.permute(1, 2, 0).numpy()).max() <= 1
+
+
+def test_curve_pipeline_on_uint8_matches_its_float_path():
+    import numpy as np
+
+    g = torch.Generator().manual_seed(3)
+    prior = ColourPrior.fit([(x, known_curve(x)) for x in [torch.rand(3, 32, 32, generator=g)]])
+    pipe = prior.full_resolution_pipeline()
+    u8 = (torch.rand(45, 61, 3, generator=g) * 255).round().to(torch.uint8).numpy()
+    ref = np.round(pipe(u8.astype(np.float32) / 255) * 255)
+    out = pipe(u8)
+    assert out.dtype == np.uint8 and out.shape == u8.shape
+    assert np.abs(out.astype(np.float32) - ref).max() <= 1
+    assert np.abs(out.astype(np.float32) - u8).max() > 5  # the curve is applied, not the identity
