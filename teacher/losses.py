@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torchmetrics.functional.image import structural_similarity_index_measure
 
 from core.config import Config
 from core.discriminators import OpenCLIPDiscriminator
@@ -35,21 +36,10 @@ def histogram_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (x.flatten(2).sort(-1).values - y.flatten(2).sort(-1).values).abs().mean()
 
 
-def ssim_loss(x: torch.Tensor, y: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
-    """1 - mean SSIM of (B, C, H, W) images in [0, 1] (Gaussian window, the usual constants)."""
-    c = x.shape[1]
-    g = torch.exp(-(torch.arange(window, device=x.device, dtype=x.dtype) - window // 2) ** 2 / (2 * sigma ** 2))
-    g = g / g.sum()
-    k = (g[:, None] * g[None, :]).expand(c, 1, window, window)
-
-    def blur(v):
-        return F.conv2d(v, k, groups=c)
-
-    mx, my = blur(x), blur(y)
-    vx, vy, cxy = blur(x * x) - mx ** 2, blur(y * y) - my ** 2, blur(x * y) - mx * my
-    c1, c2 = 0.01 ** 2, 0.03 ** 2
-    s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
-    return 1 - s.mean()
+def ssim_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """1 - SSIM of (B, C, H, W) images in [0, 1]: the eval's own SSIM (torchmetrics, Gaussian window
+    11, sigma 1.5), which is differentiable."""
+    return 1 - structural_similarity_index_measure(x, y, data_range=1.0)
 
 
 class TeacherLoss:
