@@ -137,7 +137,9 @@ static void poly_row(float* restrict R, float* restrict G, float* restrict B, in
         float rr = r * r, rg = r * g, rb = r * b, gg = g * g, gb = g * b, bb = b * b;
         float o0 = POLY(k0), o1 = POLY(k1), o2 = POLY(k2);
         o0 = o0 < 0.f ? 0.f : o0; o1 = o1 < 0.f ? 0.f : o1; o2 = o2 < 0.f ? 0.f : o2;
-        R[i] = (o0 > 1.f ? 1.f : o0) * 255.f; G[i] = (o1 > 1.f ? 1.f : o1) * 255.f; B[i] = (o2 > 1.f ? 1.f : o2) * 255.f;
+        R[i] = (o0 > 1.f ? 1.f : o0) * 255.f;
+        G[i] = (o1 > 1.f ? 1.f : o1) * 255.f;
+        B[i] = (o2 > 1.f ? 1.f : o2) * 255.f;
     }
 #undef POLY
 }

@@ -175,6 +175,6 @@ class EditPipeline:
         # even at equal size the transfer earns its cost: as a guided filter it keeps the input's
         # detail and drops the network's texture artefacts (demo: SSIM 0.84 -> 0.91 at the same PSNR)
         full = to_tensor(rgb, view=True)[None]  # a view of the photo: no 24 MP copy
-        out = apply_transfer(self.transfer, full, lo_t, out_lo, self.grid, pre=self.prior)  # the prior runs on x's device
+        out = apply_transfer(self.transfer, full, lo_t, out_lo, self.grid, pre=self.prior)  # prior on x's device
         self.timings["transfer_ms"] = (time.perf_counter() - t2) * 1e3
         return out[0].permute(1, 2, 0).numpy()
