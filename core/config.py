@@ -208,6 +208,9 @@ class EvalConfig:
     # eval.cv's selection split: that fraction (or, >= 1, that many) of each fold's training pairs picks
     # the networks' best checkpoint instead of training them; 0 = none, the last checkpoint is kept
     cv_select: float = 0.25
+    # then train each stage again on all of the fold's training pairs (the selection split too) for
+    # the number of steps the selection pass kept: the split chooses how long, not what is learnt from
+    cv_refit: bool = False
 
 
 @dataclass

@@ -122,19 +122,49 @@ def stages_to_train(cfg) -> list[tuple[str, str, str]]:
     return stages
 
 
-def run_stages(config: str, overrides: list[str], cfg, say) -> dict:
-    """Train what is not trained yet (teacher, student, LUT), in this process; {stage: manifest}."""
+STEPS_KEY = {"teacher": "teacher.train_steps", "student": "distill.train_steps", "lut": "lut.train_steps"}
+
+
+def selected_step(manifest: dict) -> int:
+    """The step train.keep_best kept (step 0: the colour prior itself), else the last one."""
+    return int(manifest.get("metrics", {}).get("selected_step", manifest.get("step", 0)))
+
+
+def train_stage(config: str, overrides: list[str], cfg, stage: str, folder: str, module: str, say,
+                extra: tuple = ()) -> dict:
+    """One stage's command-line entry point, as `accelerate launch teacher/train.py` runs it, unless
+    its model is saved already; its manifest."""
+    manifest = cfg.run_dir(folder) / "model" / "manifest.json"
+    if manifest.is_file():
+        say(f"  {stage}: trained already ({manifest.parent})")
+    else:
+        say(f"  {stage}: training ({module}) -> {cfg.run_dir(folder)}")
+        importlib.import_module(module).main(["--config", config, "--resume_from_checkpoint", "latest",
+                                              *extra, *overrides])
+    return json.loads(manifest.read_text())
+
+
+def run_stages(config: str, overrides: list[str], cfg, say, refit: tuple | None = None) -> dict:
+    """Train what is not trained yet (teacher, student, LUT), in this process; {stage: manifest}.
+
+    `refit` = (overrides, cfg) of the refit pass: each stage is first trained with `overrides` (the
+    selection pass: train.keep_best on the selection split), then again from the start on the
+    training and selection pairs together for the number of steps the selection pass kept, and the
+    refitted model is the one returned (its manifest carries "selected_step"). The student of the
+    selection pass already distils the refitted teacher."""
     manifests = {}
-    # each stage's command-line entry point, as `accelerate launch teacher/train.py` runs it
     for stage, folder, module in stages_to_train(cfg):
-        manifest = cfg.run_dir(folder) / "model" / "manifest.json"
-        if manifest.is_file():
-            say(f"  {stage}: trained already ({manifest.parent})")
-        else:
-            say(f"  {stage}: training ({module}) -> {cfg.run_dir(folder)}")
-            importlib.import_module(module).main(["--config", config, "--resume_from_checkpoint", "latest",
-                                                  *overrides])
-        manifests[stage] = json.loads(manifest.read_text())
+        teacher = ("--teacher", str(refit[1].run_dir("teacher"))) if refit and stage == "student" else ()
+        manifest = train_stage(config, overrides, cfg, stage, folder, module, say, teacher)
+        if refit:
+            step = selected_step(manifest)
+            say(f"  {stage}: the selection split kept step {step}; refit on every training pair")
+            again = [*refit[0], f"{STEPS_KEY[stage]}={step}", "train.keep_best=false", "train.validation_steps=0"]
+            seconds = manifest.get("train_seconds") or 0.0
+            manifest = train_stage(config, again, refit[1], stage, folder, module, say)
+            manifest = {**manifest, "selected_step": step,
+                        "train_seconds": seconds + (manifest.get("train_seconds") or 0.0)}
+        manifests[stage] = manifest
     return manifests
 
 
@@ -181,6 +211,8 @@ def write_markdown(summary: dict) -> str:
              "(sorted names, contiguous held-out chunks)",
              f"- selection split (--select): {s['select']} of the training pairs" if s["select"] else
              "- selection split: none (validation on the training pairs)",
+             "- refit (--refit): each stage trained again on every training pair for the steps the selection "
+             "split kept" if s.get("refit") else "- refit: no (the models trained beside the selection split)",
              f"- unpaired photos for distillation: {s['unpaired']}", ""]
     for size, res in s["results"].items():
         lines += [f"## {size} training pairs per fold" if size != "all" else
@@ -250,6 +282,9 @@ def parse_args(argv):
                    "of them (0 < N < 1), become the selection split (default: eval.cv_select)")
     p.add_argument("--unpaired", default=None, help="'transductive' (the held-out inputs) or a folder of "
                    "unedited photos, for distill.unpaired")
+    p.add_argument("--refit", default=None, choices=("true", "false"), help="after the selection split picked "
+                   "each stage's step count, train it again on every training pair for that many steps "
+                   "(default: eval.cv_refit)")
     p.add_argument("overrides", nargs="*", help="section.key=value, for every stage")
     return p.parse_intermixed_args(argv)
 
@@ -266,6 +301,7 @@ def main(argv=None) -> dict:
         sys.exit(f"error: {exc}")
     fewest = min(len(train) for train, _ in folds)
     select = cfg.eval.cv_select if args.select is None else args.select
+    refit = cfg.eval.cv_refit if args.refit is None else args.refit == "true"
     for n in sizes:
         if n is not None and not 0 < n <= fewest:
             sys.exit(f"error: --train_sizes {n}: the folds have {fewest} training pairs at least ({len(pool)} pairs, "
@@ -302,22 +338,37 @@ def main(argv=None) -> dict:
                 keep = ["train.keep_best=true", "prior.fit_on=train+val"] if k else []
                 if len(fit) < cfg.train.batch_size:  # small sizes of a learning curve: one batch holds them all
                     keep.append(f"train.batch_size={len(fit)}")
-                fold_overrides = [*keep, *args.overrides, f"data.train={data / 'train'}", f"data.val={data / 'val'}",
-                                  "data.build_demo=false", f"experiment.output_root={fold_dir}", "experiment.name=run"]
+                fixed = [*args.overrides, "data.build_demo=false", f"experiment.output_root={fold_dir}"]
                 if args.unpaired:
                     where = data / "test" / "input" if args.unpaired == "transductive" else args.unpaired
-                    fold_overrides.append(f"distill.unpaired={where}")
+                    fixed.append(f"distill.unpaired={where}")
+                do_refit = refit and k > 0
+                fold_overrides = [*keep, *fixed, f"data.train={data / 'train'}", f"data.val={data / 'val'}",
+                                  f"experiment.name={'select' if do_refit else 'run'}"]
+                refit_overrides = []
+                if do_refit:  # every training pair, the selection ones too; validation (logs only) on those
+                    lay_out(data / "all", train_names, pool)
+                    refit_overrides = [*fixed, f"data.train={data / 'all'}", f"data.val={data / 'val'}",
+                                       "prior.fit_on=train", "experiment.name=run"]
+                    if size < cfg.train.batch_size:
+                        refit_overrides.append(f"train.batch_size={size}")
                 try:
                     fold_cfg = load_config(args.config, fold_overrides)
+                    refit_cfg = load_config(args.config, refit_overrides) if do_refit else None
                 except ConfigError as exc:
                     sys.exit(f"error: {exc}")
-                manifests = run_stages(args.config, fold_overrides, fold_cfg, progress.console.print)
+                manifests = run_stages(args.config, fold_overrides, fold_cfg, progress.console.print,
+                                       refit=(refit_overrides, refit_cfg) if do_refit else None)
+                if do_refit:
+                    fold_cfg = refit_cfg  # the refitted models are the ones scored
                 progress.console.print(f"  scoring {len(test_names)} held-out pairs at output resolution")
                 t0 = time.time()
                 rows = score_fold(fold_cfg, data / "test", device)
                 atomic_write_json(result_file, {
                     "fold": j, "train_pairs": size, "train_names": fit, "val_names": val, "test_names": test_names,
-                    "stages": {k: {"train_seconds": m.get("train_seconds"), "wall_seconds": m.get("wall_seconds")}
+                    "refit": bool(do_refit),
+                    "stages": {k: {"train_seconds": m.get("train_seconds"), "wall_seconds": m.get("wall_seconds"),
+                                   "selected_step": m.get("selected_step", m.get("metrics", {}).get("selected_step"))}
                                for k, m in manifests.items()},
                     "train_seconds": sum(m.get("train_seconds") or 0.0 for m in manifests.values()),
                     "eval_seconds": time.time() - t0, "rows": rows})
@@ -326,7 +377,7 @@ def main(argv=None) -> dict:
 
     summary = {"command": "python -m eval.cv " + shlex.join(argv), "config": args.config,
                "data": {"source": label, "num_pairs": len(pool)}, "folds": len(folds), "select": select,
-               "unpaired": unpaired, "results": {k: aggregate(v) for k, v in results.items()}}
+               "refit": refit, "unpaired": unpaired, "results": {k: aggregate(v) for k, v in results.items()}}
     names = list(dict.fromkeys(r["name"] for res in summary["results"].values() for r in res["rows"]))
     psnr_at = {k: {r["name"]: r["psnr"]["mean"] for r in res["rows"]} for k, res in summary["results"].items()}
     summary["learning_curve"] = {"sizes": [n for n in sizes if n], "psnr": {

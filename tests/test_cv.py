@@ -84,3 +84,32 @@ def test_only_the_evaluated_stages_are_trained():
     modules = lambda over: [m for _, _, m in stages_to_train(load_config(CONFIG, over))]  # noqa: E731
     assert modules(["eval.students=[]", "eval.baselines=[]"]) == ["teacher.train"]
     assert modules(["eval.students=[student]"]) == ["teacher.train", "distill.run", "lut.train"]
+
+
+def test_refit_trains_again_on_every_training_pair_for_the_selected_steps(tiny_data, tmp_path):
+    """--refit true: the selection pass (3 pairs trained, 1 selecting) chooses the step count; the
+    scored model is trained again from the start on all 4 training pairs for exactly that many steps."""
+    import eval.cv as cv
+
+    pool = tmp_path / "pool"
+    for side in ("input", "target"):
+        (pool / side).mkdir(parents=True)
+        for f in sorted((tiny_data / "train" / side).iterdir())[:8]:
+            (pool / side / f.name).symlink_to(f)
+    out = tmp_path / "cv"
+    cv.main(["--config", CONFIG, "--folds", "2", "--data", str(pool), "--output_dir", str(out), "--select", "1",
+             "--refit", "true", *tiny_overrides(tiny_data, tmp_path / "ignored"), *FASTER,
+             "teacher.train_steps=3", "train.validation_steps=1", "eval.students=[]", "eval.baselines=[]"])
+    assert json.loads((out / "cv.json").read_text())["refit"] is True
+    for fold in (0, 1):
+        result = json.loads((out / f"fold-{fold}" / "n-04" / "result.json").read_text())
+        assert result["refit"] is True
+        step = result["stages"]["teacher"]["selected_step"]
+        select = json.loads((out / f"fold-{fold}" / "n-04" / "select" / "teacher" / "model" / "manifest.json")
+                            .read_text())
+        refit = json.loads((out / f"fold-{fold}" / "n-04" / "run" / "teacher" / "model" / "manifest.json")
+                           .read_text())
+        assert select["train_pairs"] == 3 and select["metrics"]["selected_step"] == step
+        assert refit["train_pairs"] == 4 and refit["step"] == step  # all four, for the kept number of steps
+        assert sorted(p.stem for p in (out / f"fold-{fold}" / "n-04" / "data" / "all" / "input").iterdir()) == \
+            sorted(result["train_names"] + result["val_names"])
