@@ -127,6 +127,9 @@ class TeacherConfig:
     kind: str = "flow"  # flow | hypir
     num_steps: int = 8  # K: ODE / refinement steps at sampling time
     sampler: str = "euler"  # euler | heun
+    # flow: M networks trained one after another (seeds experiment.seed + m), the ODE on their mean
+    # velocity (teacher/flow.py); the student distils the ensemble into one network
+    ensemble: int = 1
     train_steps: int = 1000
     learning_rate: float = 2e-4
     l1_weight: float = 0.0  # L1 on the decoded estimate of the result
@@ -396,6 +399,9 @@ def validate(cfg: Config) -> None:
     if cfg.eval.score_resolution not in cfg.eval.resolutions:
         raise ConfigError(f"eval.score_resolution={cfg.eval.score_resolution!r} must be one of eval.resolutions "
                           f"{cfg.eval.resolutions}")
+    if cfg.teacher.ensemble < 1 or (cfg.teacher.ensemble > 1 and cfg.teacher.kind != "flow"):
+        raise ConfigError(f"teacher.ensemble={cfg.teacher.ensemble}: must be >= 1, and 1 unless teacher.kind is flow "
+                          f"(it is {cfg.teacher.kind!r})")
     if cfg.teacher.num_steps < 1:
         raise ConfigError(f"teacher.num_steps={cfg.teacher.num_steps}: must be >= 1")
     if cfg.train.gradient_accumulation_steps < 1:

@@ -130,8 +130,7 @@ def selected_step(manifest: dict) -> int:
     return int(manifest.get("metrics", {}).get("selected_step", manifest.get("step", 0)))
 
 
-def train_stage(config: str, overrides: list[str], cfg, stage: str, folder: str, module: str, say,
-                extra: tuple = ()) -> dict:
+def train_stage(config: str, overrides: list[str], cfg, stage: str, folder: str, module: str, say) -> dict:
     """One stage's command-line entry point, as `accelerate launch teacher/train.py` runs it, unless
     its model is saved already; its manifest."""
     manifest = cfg.run_dir(folder) / "model" / "manifest.json"
@@ -140,7 +139,7 @@ def train_stage(config: str, overrides: list[str], cfg, stage: str, folder: str,
     else:
         say(f"  {stage}: training ({module}) -> {cfg.run_dir(folder)}")
         importlib.import_module(module).main(["--config", config, "--resume_from_checkpoint", "latest",
-                                              *extra, *overrides])
+                                              *overrides])
     return json.loads(manifest.read_text())
 
 
@@ -150,12 +149,12 @@ def run_stages(config: str, overrides: list[str], cfg, say, refit: tuple | None 
     `refit` = (overrides, cfg) of the refit pass: each stage is first trained with `overrides` (the
     selection pass: train.keep_best on the selection split), then again from the start on the
     training and selection pairs together for the number of steps the selection pass kept, and the
-    refitted model is the one returned (its manifest carries "selected_step"). The student of the
-    selection pass already distils the refitted teacher."""
+    refitted model is the one returned (its manifest carries "selected_step"). The student's
+    selection pass distils the selection pass's teacher (the refitted one has seen the selection
+    split); its refit distils the refitted teacher."""
     manifests = {}
     for stage, folder, module in stages_to_train(cfg):
-        teacher = ("--teacher", str(refit[1].run_dir("teacher"))) if refit and stage == "student" else ()
-        manifest = train_stage(config, overrides, cfg, stage, folder, module, say, teacher)
+        manifest = train_stage(config, overrides, cfg, stage, folder, module, say)
         if refit:
             step = selected_step(manifest)
             say(f"  {stage}: the selection split kept step {step}; refit on every training pair")

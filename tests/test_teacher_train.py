@@ -169,3 +169,32 @@ def test_teacher_loss_adds_the_histogram_and_ssim_terms():
     assert torch.isclose(total, parts["loss_hist"] + 0.5 * parts["loss_ssim"])
     total.backward()
     assert z_hat.grad.abs().sum() > 0
+
+
+def test_an_ensemble_teacher_trains_its_members_and_follows_their_mean_velocity(tiny_data, tmp_path):
+    from core.models import load_model
+
+    args = [*tiny_overrides(tiny_data, tmp_path), "teacher.ensemble=2"]
+    metrics = run_teacher(args)
+    run = tmp_path / "demo" / "teacher"
+    ensemble = load_model(run)
+    members = [load_model(run / f"member-{m}") for m in range(2)]
+    assert ensemble.net.members == 2 and all(m.net.members == 1 for m in members)
+    assert ensemble.manifest["train_pairs"] == members[0].manifest["train_pairs"] and metrics["psnr"] > 0
+    assert [m["folder"] for m in ensemble.manifest["members"]] == [str(run / "member-0"), str(run / "member-1")]
+    z_t, z_in, t = torch.randn(2, 192, 8, 8), torch.randn(2, 192, 8, 8), torch.tensor([0.2, 0.7])
+    v = [m.net.velocity(z_t, t, z_in) for m in members]
+    assert not torch.allclose(v[0], v[1])  # two seeds: two different networks
+    torch.testing.assert_close(ensemble.net.velocity(z_t, t, z_in), (v[0] + v[1]) / 2)
+    assert ensemble.function_evals() == 2 * members[0].function_evals()
+    # a rerun keeps the trained members and rebuilds the same ensemble
+    stamp = [(run / f"member-{m}" / "model").stat().st_mtime_ns for m in range(2)]
+    run_teacher(args)
+    assert [(run / f"member-{m}" / "model").stat().st_mtime_ns for m in range(2)] == stamp
+    torch.testing.assert_close(load_model(run).net.velocity(z_t, t, z_in), ensemble.net.velocity(z_t, t, z_in))
+    # the one-step student starts from member 0's network and distils the ensemble
+    from distill.run import main as distill
+
+    distill(["--config", str(REPO / "configs" / "demo.yaml"), *args, "student.init=teacher", "distill.train_steps=2"])
+    student = load_model(tmp_path / "demo" / "student")
+    assert student.function_evals() == 1 and student.manifest["teacher"] == str(run / "model")
