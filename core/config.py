@@ -211,6 +211,7 @@ class EvalConfig:
     # eval.cv's selection split: that fraction (or, >= 1, that many) of each fold's training pairs picks
     # the networks' best checkpoint instead of training them; 0 = none, the last checkpoint is kept
     cv_select: float = 0.25
+    cv_select_from: str = "spread"  # spread (evenly through the sorted names) | last (the last ones)
     # then train each stage again on all of the fold's training pairs (the selection split too) for
     # the number of steps the selection pass kept: the split chooses how long, not what is learnt from
     cv_refit: bool = False
@@ -388,6 +389,7 @@ def validate(cfg: Config) -> None:
         "train.lr_schedule": (cfg.train.lr_schedule, ("cosine", "constant")),
         "train.report_to": (cfg.train.report_to, ("tensorboard", "wandb", "none", "all")),
         "eval.transfer": (cfg.eval.transfer, ("grid", "none")),
+        "eval.cv_select_from": (cfg.eval.cv_select_from, ("spread", "last")),
         "teacher.hypir.base_dtype": (cfg.teacher.hypir.base_dtype, ("fp32", "bf16", "fp16")),
         "teacher.lpips_net": (cfg.teacher.lpips_net, ("alex", "vgg")),
         "teacher.gan.loss": (cfg.teacher.gan.loss, ("ns", "hinge")),

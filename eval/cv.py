@@ -13,8 +13,9 @@ cross-validates the teacher alone, for quick ablations). Then every row of `eval
 is scored on the held-out pairs at output resolution, exactly as eval/run.py does
 (`eval.quality.measure_quality`).
 
---select N (or a fraction such as 0.25; default eval.cv_select) carves the last N of the n training
-names out as the stages' data.val: the selection split. The networks are not trained on it; it
+--select N (or a fraction such as 0.25; default eval.cv_select) carves N of the n training names
+out as the stages' data.val, evenly spaced through them (eval.cv_select_from: spread; or the last
+N: last): the selection split. The networks are not trained on it; it
 picks their best checkpoint (train.keep_best, step 0 = the colour prior included) and the colour
 prior is fitted on it too (prior.fit_on=train+val: a closed-form curve loses nothing by seeing it).
 With 0, data.val is the training pairs themselves and the last checkpoint is kept.
@@ -269,6 +270,20 @@ def num_select(select: float, n: int) -> int:
     return max(1, round(select * n)) if select > 0 else 0
 
 
+def selection_split(names: list[str], k: int, where: str = "spread") -> tuple[list[str], list[str]]:
+    """(trained, selecting) names: k of them select (none: all train and all validate). "spread":
+    k names evenly spaced through the sorted list (name i*n/k + n/2k), so the split samples the
+    whole pool rather than one end of it (with sorted names, neighbours are often alike: the last
+    three FiveK training names of three folds were the same three hardest photos); "last": the last k."""
+    if not k:
+        return list(names), list(names)
+    if where == "last":
+        picks = set(range(len(names) - k, len(names)))
+    else:
+        picks = {int((i + 0.5) * len(names) / k) for i in range(k)}
+    return ([n for i, n in enumerate(names) if i not in picks], [n for i, n in enumerate(names) if i in picks])
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(description="K-fold cross-validation of the whole pipeline.")
     p.add_argument("--config", default="configs/demo.yaml")
@@ -330,7 +345,7 @@ def main(argv=None) -> dict:
             else:
                 progress.console.print(f"fold {j}, {size} training pairs, {len(test_names)} held out: {fold_dir}")
                 k = num_select(select, size)
-                fit, val = (train_names[:-k], train_names[-k:]) if k else (train_names, train_names)
+                fit, val = selection_split(train_names, k, cfg.eval.cv_select_from)
                 data = fold_dir / "data"
                 for split, names in (("train", fit), ("val", val), ("test", test_names)):
                     lay_out(data / split, names, pool)

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from eval.cv import cv_folds
+from eval.cv import cv_folds, selection_split
 from tests.conftest import REPO, tiny_overrides
 
 CONFIG = str(REPO / "configs" / "demo.yaml")
@@ -26,6 +26,16 @@ def test_cv_folds_are_deterministic_disjoint_and_cover_every_photo():
     assert folds[0][1] == ["p00", "p01", "p02"]  # contiguous chunks of the sorted names
     with pytest.raises(ValueError, match="--folds 11"):
         cv_folds(names, 11)
+
+
+def test_the_selection_split_is_spread_through_the_sorted_names_and_disjoint():
+    names = [f"p{i:02d}" for i in range(12)]
+    fit, val = selection_split(names, 3)
+    assert val == ["p02", "p06", "p10"]  # one from each third, not the three last (alike) names
+    assert sorted(fit + val) == names and not set(fit) & set(val) and len(fit) == 9
+    assert selection_split(names, 3, "last")[1] == ["p09", "p10", "p11"]
+    assert selection_split(names, 0) == (names, names)  # no split: train on all, validate on all
+    assert selection_split(names[:4], 1) == (["p00", "p01", "p03"], ["p02"])
 
 
 @pytest.mark.slow  # 12 tiny trainings: about 30 s alone on 2 cores, more on a loaded machine
