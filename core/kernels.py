@@ -129,12 +129,15 @@ static void poly_row(float* restrict R, float* restrict G, float* restrict B, in
     float k0[20], k1[20], k2[20];  /* per channel, so the loop below is straight-line code gcc vectorises */
     for (int t = 0; t < 20; t++) { k0[t] = k[3 * t]; k1[t] = k[3 * t + 1]; k2[t] = k[3 * t + 2]; }
     const float s = 1.f / 255.f;
+    /* the 19 monomials once per pixel (16 products), then one multiply-add per term and channel */
 #define POLY(K) (K[0] + K[1] * r + K[2] * g + K[3] * b + K[4] * rr + K[5] * rg + K[6] * rb + K[7] * gg \
-                 + K[8] * gb + K[9] * bb + K[10] * rr * r + K[11] * rr * g + K[12] * rr * b + K[13] * r * gg \
-                 + K[14] * r * gb + K[15] * r * bb + K[16] * gg * g + K[17] * gg * b + K[18] * g * bb + K[19] * bb * b)
+                 + K[8] * gb + K[9] * bb + K[10] * rrr + K[11] * rrg + K[12] * rrb + K[13] * rgg \
+                 + K[14] * rgb + K[15] * rbb + K[16] * ggg + K[17] * ggb + K[18] * gbb + K[19] * bbb)
     for (int64_t i = 0; i < w; i++) {
         float r = R[i] * s, g = G[i] * s, b = B[i] * s;
         float rr = r * r, rg = r * g, rb = r * b, gg = g * g, gb = g * b, bb = b * b;
+        float rrr = rr * r, rrg = rr * g, rrb = rr * b, rgg = r * gg, rgb = r * gb, rbb = r * bb;
+        float ggg = gg * g, ggb = gg * b, gbb = g * bb, bbb = bb * b;
         float o0 = POLY(k0), o1 = POLY(k1), o2 = POLY(k2);
         o0 = o0 < 0.f ? 0.f : o0; o1 = o1 < 0.f ? 0.f : o1; o2 = o2 < 0.f ? 0.f : o2;
         R[i] = (o0 > 1.f ? 1.f : o0) * 255.f;
