@@ -270,6 +270,12 @@ def num_select(select: float, n: int) -> int:
     return max(1, round(select * n)) if select > 0 else 0
 
 
+def one_batch_at_most(n: int, cfg) -> list[str]:
+    """The override that lets n training pairs fill one batch when they are fewer than
+    train.batch_size (the small sizes of a learning curve), else none."""
+    return [f"train.batch_size={n}"] if n < cfg.train.batch_size else []
+
+
 def selection_split(names: list[str], k: int, where: str = "spread") -> tuple[list[str], list[str]]:
     """(trained, selecting) names: k of them select (none: all train and all validate). "spread":
     k names evenly spaced through the sorted list (name i*n/k + n/2k), so the split samples the
@@ -350,8 +356,7 @@ def main(argv=None) -> dict:
                 for split, names in (("train", fit), ("val", val), ("test", test_names)):
                     lay_out(data / split, names, pool)
                 keep = ["train.keep_best=true", "prior.fit_on=train+val"] if k else []
-                if len(fit) < cfg.train.batch_size:  # small sizes of a learning curve: one batch holds them all
-                    keep.append(f"train.batch_size={len(fit)}")
+                keep += one_batch_at_most(len(fit), cfg)
                 fixed = [*args.overrides, "data.build_demo=false", f"experiment.output_root={fold_dir}"]
                 if args.unpaired:
                     where = data / "test" / "input" if args.unpaired == "transductive" else args.unpaired
@@ -363,9 +368,7 @@ def main(argv=None) -> dict:
                 if do_refit:  # every training pair, the selection ones too; validation (logs only) on those
                     lay_out(data / "all", train_names, pool)
                     refit_overrides = [*fixed, f"data.train={data / 'all'}", f"data.val={data / 'val'}",
-                                       "prior.fit_on=train", "experiment.name=run"]
-                    if size < cfg.train.batch_size:
-                        refit_overrides.append(f"train.batch_size={size}")
+                                       "prior.fit_on=train", "experiment.name=run", *one_batch_at_most(size, cfg)]
                 try:
                     fold_cfg = load_config(args.config, fold_overrides)
                     refit_cfg = load_config(args.config, refit_overrides) if do_refit else None

@@ -92,10 +92,9 @@ def main(argv=None) -> int:
                  "parts_ms": {k: sum(s["parts_ms"][k] for s in every) for k in PARTS}}
         stats["photos_per_s"] = stats["done"] / max(stats["seconds"], 1e-9)
     state.wait_for_everyone()
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        # every rank leaves the group before its interpreter exits: a rank that exits with a live
-        # gloo group can abort at exit ("terminate called without an active exception")
-        torch.distributed.destroy_process_group()
+    # every rank leaves the group before its interpreter exits: a rank that exits with a live gloo
+    # group can abort at exit ("terminate called without an active exception")
+    state.destroy_process_group()
     if not state.is_main_process:
         return 1 if stats["failed"] else 0
     if args.zip:

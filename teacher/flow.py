@@ -51,11 +51,10 @@ class FlowTeacher(ModelFolder, nn.Module):
     @classmethod
     def ensemble(cls, teachers: list[FlowTeacher]) -> FlowTeacher:
         """One teacher whose velocity is the mean of these one-network teachers' (same architecture)."""
-        arch = {k: v for k, v in teachers[0].arch.items() if k != "members"}
-        for t in teachers[1:]:
-            if {k: v for k, v in t.arch.items() if k != "members"} != arch:
-                raise ValueError("an ensemble's members must share one architecture")
-        out = cls(**arch, members=sum(t.members for t in teachers))
+        archs = [{k: v for k, v in t.arch.items() if k != "members"} for t in teachers]
+        if any(a != archs[0] for a in archs[1:]):
+            raise ValueError("an ensemble's members must share one architecture")
+        out = cls(**archs[0], members=sum(t.members for t in teachers))
         nets = [n for t in teachers for n in (t.net, *t.more)]
         for dst, src in zip((out.net, *out.more), nets):
             dst.load_state_dict(src.state_dict())
