@@ -253,7 +253,7 @@ def load_prior(folder: Path, manifest: dict, device: torch.device):
     from core.checkpoint import load_safetensors
 
     cls = import_class(entry["class"], folder)
-    return cls(load_safetensors(folder / entry["weights"])["coeffs"], float(entry["ridge"])).to(device)
+    return cls.from_tensors(load_safetensors(folder / entry["weights"]), entry).to(device)
 
 
 def curve_model(prior, device: torch.device) -> LoadedModel:

@@ -12,6 +12,16 @@ identity (W_id) with weight `ridge` per pixel:
 Regularisation matters with a few dozen pairs (FiveK, 4-fold CV: 23.4 dB with ridge 1e-4,
 21.6 dB unregularised). It is the floor of every trained model: the teacher and the student
 learn the residual over prior(x), so at step 0 they reproduce it (docs/quality.md).
+
+Exposure alignment (`align="exposure"`, prior.align): photographers shoot the same kind of scene
+a stop over or under, and the editor's curve undoes that too. One least-squares curve over such
+pairs averages a family of curves (one per exposure) into a flat one. The aligned fit alternates:
+fit W on the inputs re-exposed by per-photo gains g_i (in linear light), then pick each g_i from
+a grid (+-1.7 stops) to minimise that photo's error under W, the gains normalised to a geometric
+mean of 1; `ALIGN_ITERS` rounds. The curve kept is the last W, applied to photos as they come
+(gain 1, the training photos' mean exposure): still one cubic, fitted in a few seconds, but the
+curve of a consistently exposed set. The plain least-squares curve is kept beside it as
+`reference` (the `curve` row of the reports; the aligned one is the `prior` row).
 """
 
 from __future__ import annotations
@@ -32,6 +42,9 @@ DEFAULT_RIDGE = 1e-4
 MAX_FIT_PIXELS = 1 << 16
 BAND_PIXELS = 1 << 20  # per photo: the fit is a 20x20 system, a strided subsample is plenty
 # the monomials r^a g^b b^c with a + b + c <= 3, in a fixed order: 1, r, g, b, rr, rg, ...
+ALIGN_ITERS = 3
+ALIGN_GAINS = torch.exp(torch.linspace(-1.2, 1.2, 25, dtype=torch.float64))  # natural log: +-1.73 stops
+ALIGN_PIXELS = 1 << 14  # per photo, for the gain search
 MONOMIALS = [()] + [c for d in (1, 2, 3) for c in itertools.combinations_with_replacement(range(3), d)]
 
 
@@ -54,6 +67,40 @@ def identity_coeffs() -> torch.Tensor:
     return w
 
 
+def to_linear(x: torch.Tensor) -> torch.Tensor:
+    """sRGB in [0, 1] -> linear light (IEC 61966-2-1)."""
+    return torch.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)
+
+
+def to_srgb(x: torch.Tensor) -> torch.Tensor:
+    """Linear light -> sRGB, clipped to [0, 1]."""
+    x = x.clamp(0, 1)
+    return torch.where(x <= 0.0031308, 12.92 * x, 1.055 * x.clamp_min(1e-12) ** (1 / 2.4) - 0.055)
+
+
+def _solve(moments: list[tuple[torch.Tensor, torch.Tensor]], ridge: float) -> torch.Tensor:
+    """The ridge solution from each photo's normalised moments (m m^T / n, m y^T / n)."""
+    n_terms = len(MONOMIALS)
+    a = sum(m for m, _ in moments) / len(moments)
+    b = sum(t for _, t in moments) / len(moments)
+    pull = torch.eye(n_terms, dtype=torch.float64) * ridge
+    pull[0, 0] = 0.0  # the offset is free
+    return torch.linalg.solve(a + pull, b + pull @ identity_coeffs())
+
+
+def _moments(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(3, n) pixels of an input and its target -> (m m^T / n, m y^T / n): every photo weighs the same."""
+    m = monomials(x[None, :, :, None])[0, :, :, 0]  # (20, n)
+    return m @ m.T / m.shape[1], m @ y.T / m.shape[1]
+
+
+def _best_gain(x_lin: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> float:
+    """The gain of ALIGN_GAINS that, applied to x in linear light, minimises |curve(x) - y|^2."""
+    errors = [((torch.einsum("kn,kc->cn", monomials(to_srgb(x_lin * g)[None, :, :, None])[0, :, :, 0], w)
+                .clamp(0, 1) - y) ** 2).mean() for g in ALIGN_GAINS]
+    return float(ALIGN_GAINS[int(torch.stack(errors).argmin())])
+
+
 def _subsample(x: torch.Tensor, limit: int) -> torch.Tensor:
     """(3, H, W) -> (3, n) pixels, a regular stride so that n <= limit."""
     stride = max(1, math.ceil(math.sqrt(x.shape[-2] * x.shape[-1] / limit)))
@@ -68,35 +115,59 @@ class ColourPrior(ModelFolder, nn.Module):
     space = "image"
     weights_name = "prior.safetensors"
 
-    def __init__(self, coeffs: torch.Tensor | None = None, ridge: float = DEFAULT_RIDGE):
+    def __init__(self, coeffs: torch.Tensor | None = None, ridge: float = DEFAULT_RIDGE, align: str = "none",
+                 reference: torch.Tensor | None = None):
         super().__init__()
-        self.ridge = ridge
-        self.arch = {"ridge": ridge}
+        self.ridge, self.align = ridge, align
+        self.arch = {"ridge": ridge, "align": align}
+        self.gains: list[float] = []  # the training photos' exposure gains (align="exposure"), for the manifest
         self.register_buffer("coeffs", (identity_coeffs() if coeffs is None else coeffs).float())
+        if reference is not None:  # the plain least-squares curve an aligned fit started from
+            self.register_buffer("reference", reference.float())
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], entry: dict) -> ColourPrior:
+        """The prior saved as `prior.safetensors` beside a model, `entry` its manifest record."""
+        return cls(tensors["coeffs"], float(entry["ridge"]), entry.get("align", "none"), tensors.get("reference"))
+
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if "reference" in state and getattr(self, "reference", None) is None:
+            self.register_buffer("reference", torch.empty_like(state["reference"]))
+        self.load_state_dict(state)
+
+    def reference_curve(self) -> ColourPrior:
+        """The plain ridge least-squares curve (itself when the fit was not aligned)."""
+        return self if getattr(self, "reference", None) is None else ColourPrior(self.reference, self.ridge)
 
     @classmethod
     def fit(cls, pairs: Iterable[tuple[torch.Tensor, torch.Tensor]], ridge: float = DEFAULT_RIDGE,
-            max_pixels: int = MAX_FIT_PIXELS) -> ColourPrior:
-        """Ridge least squares over `pairs` of (input, target), each (3, H, W) in [0, 1]."""
-        n_terms = len(MONOMIALS)
-        a = torch.zeros(n_terms, n_terms, dtype=torch.float64)
-        b = torch.zeros(n_terms, 3, dtype=torch.float64)
-        count = 0
+            max_pixels: int = MAX_FIT_PIXELS, align: str = "none") -> ColourPrior:
+        """Ridge least squares over `pairs` of (input, target), each (3, H, W) in [0, 1];
+        align="exposure": the exposure-aligned fit of the module docstring."""
+        if align not in ("none", "exposure"):
+            raise ValueError(f"core/prior.py: align={align!r}; expected 'none' or 'exposure' (prior.align)")
+        moments, photos = [], []
         for x, y in pairs:
             if x.shape != y.shape or x.ndim != 3 or x.shape[0] != 3:
                 raise ValueError(f"core/prior.py: a pair has shapes {tuple(x.shape)} and {tuple(y.shape)}; "
                                  "expected two (3, H, W) images of the same size")
-            m = monomials(_subsample(x.double(), max_pixels)[None, :, :, None])[0, :, :, 0]  # (20, n)
-            t = _subsample(y.double(), max_pixels)
-            a += m @ m.T / m.shape[1]  # every photo weighs the same, whatever its size
-            b += m @ t.T / m.shape[1]
-            count += 1
-        if count == 0:
+            moments.append(_moments(_subsample(x.double(), max_pixels), _subsample(y.double(), max_pixels)))
+            if align == "exposure":
+                photos.append((to_linear(_subsample(x.double(), ALIGN_PIXELS)), _subsample(y.double(), ALIGN_PIXELS),
+                               to_linear(_subsample(x.double(), max_pixels)), _subsample(y.double(), max_pixels)))
+        if not moments:
             raise ValueError("core/prior.py: no training pairs to fit the colour prior to")
-        pull = torch.eye(n_terms, dtype=torch.float64) * ridge
-        pull[0, 0] = 0.0  # the offset is free
-        coeffs = torch.linalg.solve(a / count + pull, b / count + pull @ identity_coeffs())
-        return cls(coeffs, ridge)
+        reference = _solve(moments, ridge)
+        if align == "none":
+            return cls(reference, ridge)
+        coeffs, gains = reference, torch.ones(len(photos), dtype=torch.float64)
+        for _ in range(ALIGN_ITERS):
+            gains = torch.tensor([_best_gain(x_lin, y, coeffs) for x_lin, y, _, _ in photos], dtype=torch.float64)
+            gains = gains / gains.log().mean().exp()  # gain 1 is the photos' mean exposure
+            coeffs = _solve([_moments(to_srgb(x_lin * g), y) for (_, _, x_lin, y), g in zip(photos, gains)], ridge)
+        prior = cls(coeffs, ridge, align=align, reference=reference)
+        prior.gains = [round(float(g), 4) for g in gains]
+        return prior
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) in [0, 1] -> the curve applied, (B, 3, H, W) clamped to [0, 1]."""
@@ -121,8 +192,11 @@ class ColourPrior(ModelFolder, nn.Module):
 
     def describe(self) -> dict:
         """What a manifest records of the prior a latent model was trained over."""
-        return {"kind": self.kind, "class": class_path(type(self)),
-                "ridge": self.ridge, "weights": self.weights_name}
+        out = {"kind": self.kind, "class": class_path(type(self)), "ridge": self.ridge, "align": self.align,
+               "weights": self.weights_name}
+        if self.gains:
+            out["exposure_gains"] = self.gains
+        return out
 
 
 class CurvePipeline:

@@ -43,7 +43,7 @@ def fit_prior(cfg: Config, train: PairSource, val: PairSource):
     sources = [train, val] if cfg.prior.fit_on == "train+val" else [train]
     pairs = (load_pair_tensors(src, i, cfg.data.train_long_side, cfg.data.size_multiple)
              for src in sources for i in range(len(src)))
-    return ColourPrior.fit(pairs, ridge=cfg.prior.ridge)
+    return ColourPrior.fit(pairs, ridge=cfg.prior.ridge, align=cfg.prior.align)
 
 
 def unpaired_source(path: str | Path, max_pixels: int) -> PairSource:

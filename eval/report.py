@@ -392,7 +392,8 @@ def _writeup(report: dict, cfg) -> str:
          "## Architecture", "", "The flow of one photo:", "", "```",
          "input photo (any size; oriented; sRGB float in [0, 1])",
          f"  -> working copy (long side {c('data.val_long_side')}, a multiple of the codec factor)",
-         (f"  -> colour prior: one global cubic RGB curve fitted on the training pairs (ridge {c('prior.ridge')})"
+         (f"  -> colour prior: one global cubic RGB curve fitted on the training pairs (ridge {c('prior.ridge')}"
+          + (", their exposures aligned" if c("prior.align", "none") == "exposure" else "") + ")"
           if c("prior.kind", "none") == "curve" else "  -> (no colour prior)"),
          f"  -> codec.encode ({codec})",
          f"  -> teacher ({c('teacher.kind')}): K-step ODE, K in {ks or NA}",
@@ -409,8 +410,9 @@ def _writeup(report: dict, cfg) -> str:
          "(tone, colour, local exposure), so it is carried to the original pixels at any size "
          "with no network at full resolution and no tiles, and the output keeps the photo's own "
          "detail. The networks learn the residual over a closed-form colour curve, so with a "
-         "few dozen pairs no trained model starts below it; the 'curve' row shows what it gives "
-         "alone."), ""]
+         "few dozen pairs no trained model starts below it; the 'curve' row is the plain "
+         "least-squares curve and, where the fit aligns the training inputs' exposures first, the "
+         "'prior' row is the curve the networks start from, alone."), ""]
     teacher, student = _strip_rows(report)
     if teacher and student and teacher.get("score") and student.get("score"):
         t, s = teacher["score"], student["score"]

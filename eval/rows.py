@@ -27,10 +27,13 @@ def load_models(cfg, device) -> tuple[list[dict], LoadedModel]:
 
     rows = [{"name": "identity", "kind": "baseline", "make_pipe": identity_pipe, "function_evals": 0,
              "manifest": {}, "has_model": False}]
-    if teacher.prior is not None:  # the global colour curve the networks start from: their floor
-        curve = curve_model(teacher.prior, device)
-        rows.append({"name": "curve", "kind": "baseline", "make_pipe": model_pipe(curve), "function_evals": 0,
-                     "manifest": curve.manifest})
+    if teacher.prior is not None:  # the plain least-squares curve, and the prior the networks start from
+        reference = teacher.prior.reference_curve()
+        named = [("curve", reference)] + ([("prior", teacher.prior)] if reference is not teacher.prior else [])
+        for name, prior in named:
+            curve = curve_model(prior, device)
+            rows.append({"name": name, "kind": "baseline", "make_pipe": model_pipe(curve), "function_evals": 0,
+                         "manifest": curve.manifest})
     for k in sorted(set(cfg.eval.teacher_steps)):
         at_k = teacher.with_steps(k)
         rows.append({"name": f"teacher K={k}", "kind": "teacher", "num_steps": k, "function_evals":

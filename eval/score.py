@@ -56,9 +56,10 @@ def quality_warnings(rows: list[dict], chosen: dict) -> list[str]:
     psnr = {r["name"]: r["quality"]["mean"]["psnr"] for r in rows}
     out = []
     for row in [chosen] + [r for r in rows if r is not chosen]:
-        if row["name"] in ("identity", "curve"):
+        if row["name"] in ("identity", "curve", "prior"):
             continue
-        for base, what in (("identity", "the unedited input"), ("curve", "the global colour curve")):
+        for base, what in (("identity", "the unedited input"), ("curve", "the global colour curve"),
+                           ("prior", "the colour prior the networks start from")):
             if base in psnr and psnr[row["name"]] < psnr[base]:
                 who = "The chosen model" if row is chosen else "Row"
                 out.append(f"{who} '{row['name']}' is below {what} ('{base}'): {psnr[row['name']]:.2f} dB "

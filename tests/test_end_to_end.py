@@ -69,7 +69,7 @@ def test_eval_report_and_enhance(trained, tmp_path):
     distill(["--config", CONFIG, *tiny_overrides(data, root)])
     report = evaluate(["--config", CONFIG, *tiny_overrides(data, root)])
     names = [r["name"] for r in report["rows"]]
-    assert names[:4] == ["identity", "curve", "teacher K=1", "teacher K=2"] and "student" in names
+    assert names[:5] == ["identity", "curve", "prior", "teacher K=1", "teacher K=2"] and "student" in names
     for row in report["rows"]:
         assert row["quality"]["mean"]["psnr"] > 0 and row["throughput"]["64"]["p50_ms"] > 0
     ev = root / "demo" / "eval"

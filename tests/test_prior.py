@@ -26,6 +26,56 @@ def test_prior_fitted_to_a_known_curve_reproduces_it():
     assert psnr_db(prior(test[None])[0], known_curve(test)) > 40
 
 
+def exposed(x: torch.Tensor, gain: float) -> torch.Tensor:
+    from core.prior import to_linear, to_srgb
+
+    return to_srgb(to_linear(x) * gain)
+
+
+def test_exposure_aligned_fit_undoes_the_exposure_spread_of_the_inputs():
+    """Three shots of the same scenes a bit under, at and over the mean exposure, one edit: plain least
+    squares averages three curves into a flat one; the aligned fit recovers each shot's gain and
+    the edit itself (for a photo at the mean exposure), and keeps the plain curve as its reference."""
+    import math
+
+    g = torch.Generator().manual_seed(1)
+    scenes = [torch.rand(3, 40, 40, generator=g) * 0.6 for _ in range(3)]  # no clipping at +0.5 ln gain
+    gains = [math.exp(-0.5), 1.0, math.exp(0.5)]
+    pairs = [(exposed(x, k), known_curve(x)) for x, k in zip(scenes, gains)]
+    plain = ColourPrior.fit(pairs)
+    aligned = ColourPrior.fit(pairs, align="exposure")
+    assert [round(math.log(k), 1) for k in aligned.gains] == [0.5, 0.0, -0.5]  # each shot's gain undone
+    test = torch.rand(3, 40, 40, generator=g) * 0.6
+    p_plain = psnr_db(plain(test[None])[0], known_curve(test))
+    p_aligned = psnr_db(aligned(test[None])[0], known_curve(test))
+    assert p_aligned > 40 and p_aligned > p_plain + 10, (p_aligned, p_plain)
+    assert torch.equal(aligned.reference_curve().coeffs, plain.coeffs) and plain.reference_curve() is plain
+    assert aligned.describe()["align"] == "exposure" and len(aligned.describe()["exposure_gains"]) == 3
+
+
+def test_aligned_prior_round_trips_with_its_reference(tmp_path):
+    from core.checkpoint import load_safetensors
+
+    g = torch.Generator().manual_seed(2)
+    pairs = [(exposed(x, k), known_curve(x)) for x, k in
+             zip((torch.rand(3, 24, 24, generator=g) for _ in range(2)), (0.7, 1.3))]
+    prior = ColourPrior.fit(pairs, align="exposure")
+    prior.save_pretrained(tmp_path / "p")
+    again = ColourPrior.from_pretrained(tmp_path / "p")
+    assert again.align == "exposure" and torch.equal(again.coeffs, prior.coeffs)
+    assert torch.equal(again.reference, prior.reference)
+    tensors = load_safetensors(tmp_path / "p" / ColourPrior.weights_name)
+    same = ColourPrior.from_tensors(tensors, prior.describe())
+    assert torch.equal(same.reference_curve().coeffs, prior.reference)
+
+
+def test_unknown_alignment_is_refused():
+    import pytest
+
+    with pytest.raises(ValueError, match="prior.align"):
+        ColourPrior.fit([(torch.rand(3, 8, 8), torch.rand(3, 8, 8))], align="histogram")
+
+
 def test_prior_starts_at_identity_and_keeps_its_shape():
     x = torch.rand(2, 3, 8, 9)
     assert torch.allclose(ColourPrior()(x), x, atol=1e-6)
@@ -59,8 +109,9 @@ def test_untrained_teacher_and_student_return_the_prior_exactly():
 
 
 def test_training_starts_at_the_curve_and_keeps_the_best(tiny_data, tmp_path):
-    """Step 0 validation equals the curve row; with keep_best a run that only gets worse (a huge
-    learning rate) keeps step 0, so the saved teacher is the curve itself."""
+    """Step 0 validation equals the prior row (the exposure-aligned curve the networks start from);
+    with keep_best a run that only gets worse (a huge learning rate) keeps step 0, so the saved
+    teacher is the prior itself. The report also carries the plain least-squares curve."""
     from core.models import curve_model, load_model
     from eval.rows import load_models
     from teacher.train import main as train_teacher
@@ -81,7 +132,10 @@ def test_training_starts_at_the_curve_and_keeps_the_best(tiny_data, tmp_path):
     curve_psnr = sum(psnr_db(curve(x[None])[0], y) for _, x, y in val) / len(val)
     assert abs(metrics["psnr"] - curve_psnr) < 1e-3
     rows, _ = load_models(cfg, "cpu")
-    assert [r["name"] for r in rows][:2] == ["identity", "curve"]
+    assert [r["name"] for r in rows][:3] == ["identity", "curve", "prior"]
+    x = val[0][1][None]
+    assert torch.equal(rows[2]["make_pipe"](None).prior(x), curve(x))  # the prior row is the teacher's floor
+    assert torch.equal(rows[1]["make_pipe"](None).prior(x), ColourPrior(teacher.prior.reference)(x))
 
 
 def test_keep_best_min_delta_keeps_the_prior_unless_a_checkpoint_beats_it_by_the_margin(tiny_data, tmp_path):
@@ -203,3 +257,29 @@ def test_curve_pipeline_on_uint8_matches_its_float_path():
     assert out.dtype == np.uint8 and out.shape == u8.shape
     assert np.abs(out.astype(np.float32) - ref).max() <= 1
     assert np.abs(out.astype(np.float32) - u8).max() > 5  # the curve is applied, not the identity
+
+
+def test_prior_cv_scores_both_fits_over_several_fold_orders(tiny_data, tmp_path, capsys):
+    """eval.prior_cv: eval.cv's folds first (its held-out names exactly), then random orders; every
+    photo scored once per order; the table names both fits."""
+    import json
+
+    from eval.cv import cv_folds
+    from eval.prior_cv import main, orders_of
+
+    names = [f"p{i:02d}" for i in range(10)]
+    orders = orders_of(names, 3, 2, seed=0)
+    assert orders[0] == cv_folds(names, 3) and len(orders) == 3
+    for folds in orders:
+        held = [n for _, test in folds for n in test]
+        assert sorted(held) == names and all(not set(tr) & set(te) for tr, te in folds)
+    assert orders[1] != orders[0] and orders_of(names, 3, 2, seed=0) == orders
+
+    out = tmp_path / "p.json"
+    result = main(["--config", CONFIG, "--folds", "2", "--orders", "1", "--json", str(out),
+                   *tiny_overrides(tiny_data, tmp_path)])
+    assert set(result["rows"]) == {"none", "exposure"} and json.loads(out.read_text())["orders"] == 2
+    for row in result["rows"].values():
+        assert len(row["per_order"]) == 2 and all(10 < v < 60 for v in row["per_order"])
+    printed = capsys.readouterr().out
+    assert "| none |" in printed and "| exposure |" in printed
