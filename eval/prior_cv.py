@@ -111,8 +111,8 @@ def main(argv: list[str] | None = None) -> dict:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as exc:
         sys.exit(f"error: {exc}")
-    torch.set_grad_enabled(False)
-    result = run(cfg, args.data or cfg.eval.cv_data, args.folds, args.orders, args.seed)
+    with torch.no_grad():  # not set_grad_enabled(False): main runs inside other processes' tests too
+        result = run(cfg, args.data or cfg.eval.cv_data, args.folds, args.orders, args.seed)
     print(table(result))
     if args.json:
         atomic_write_json(args.json, result)
