@@ -88,16 +88,21 @@ def _solve(moments: list[tuple[torch.Tensor, torch.Tensor]], ridge: float) -> to
     return torch.linalg.solve(a + pull, b + pull @ identity_coeffs())
 
 
+def _terms(x: torch.Tensor) -> torch.Tensor:
+    """(3, n) pixels -> (20, n) monomials."""
+    return monomials(x[None, :, :, None])[0, :, :, 0]
+
+
 def _moments(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(3, n) pixels of an input and its target -> (m m^T / n, m y^T / n): every photo weighs the same."""
-    m = monomials(x[None, :, :, None])[0, :, :, 0]  # (20, n)
+    m = _terms(x)
     return m @ m.T / m.shape[1], m @ y.T / m.shape[1]
 
 
 def _best_gain(x_lin: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> float:
     """The gain of ALIGN_GAINS that, applied to x in linear light, minimises |curve(x) - y|^2."""
-    errors = [((torch.einsum("kn,kc->cn", monomials(to_srgb(x_lin * g)[None, :, :, None])[0, :, :, 0], w)
-                .clamp(0, 1) - y) ** 2).mean() for g in ALIGN_GAINS]
+    errors = [((torch.einsum("kn,kc->cn", _terms(to_srgb(x_lin * g)), w).clamp(0, 1) - y) ** 2).mean()
+              for g in ALIGN_GAINS]
     return float(ALIGN_GAINS[int(torch.stack(errors).argmin())])
 
 
@@ -151,10 +156,11 @@ class ColourPrior(ModelFolder, nn.Module):
             if x.shape != y.shape or x.ndim != 3 or x.shape[0] != 3:
                 raise ValueError(f"core/prior.py: a pair has shapes {tuple(x.shape)} and {tuple(y.shape)}; "
                                  "expected two (3, H, W) images of the same size")
-            moments.append(_moments(_subsample(x.double(), max_pixels), _subsample(y.double(), max_pixels)))
+            xs, ys = _subsample(x.double(), max_pixels), _subsample(y.double(), max_pixels)
+            moments.append(_moments(xs, ys))
             if align == "exposure":
                 photos.append((to_linear(_subsample(x.double(), ALIGN_PIXELS)), _subsample(y.double(), ALIGN_PIXELS),
-                               to_linear(_subsample(x.double(), max_pixels)), _subsample(y.double(), max_pixels)))
+                               to_linear(xs), ys))
         if not moments:
             raise ValueError("core/prior.py: no training pairs to fit the colour prior to")
         reference = _solve(moments, ridge)

@@ -53,10 +53,11 @@ METRICS = (("psnr", "PSNR dB"), ("ssim", "SSIM"), ("ciede2000", "ΔE00"))
 TRANSDUCTIVE = "transductive: the held-out inputs, without targets"
 
 
-def cv_folds(names: list[str], k: int) -> list[tuple[list[str], list[str]]]:
-    """(train_names, test_names) for each of k folds: the names sorted, fold j holding out the
-    contiguous chunk names[j*n//k:(j+1)*n//k]; every name is held out exactly once."""
-    names = sorted(names)
+def cv_folds(names: list[str], k: int, sort: bool = True) -> list[tuple[list[str], list[str]]]:
+    """(train_names, test_names) for each of k folds: the names sorted (as given with sort=False, e.g.
+    a permutation), fold j holding out the contiguous chunk names[j*n//k:(j+1)*n//k]; every name is
+    held out exactly once."""
+    names = sorted(names) if sort else list(names)
     n = len(names)
     if len(set(names)) != n:
         raise ValueError("the pair names are not unique: each photo must have one name")

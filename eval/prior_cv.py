@@ -41,13 +41,8 @@ def orders_of(names: list[str], k: int, extra: int, seed: int) -> list[list[tupl
     """eval.cv's folds, then `extra` folds of seeded random permutations of the names."""
     names = sorted(names)
     rng = np.random.default_rng(seed)
-    out = [cv_folds(names, k)]
-    for _ in range(extra):
-        perm = [names[i] for i in rng.permutation(len(names))]
-        n = len(perm)
-        out.append([(perm[:j * n // k] + perm[(j + 1) * n // k:], perm[j * n // k:(j + 1) * n // k])
-                    for j in range(k)])
-    return out
+    return [cv_folds(names, k)] + [cv_folds([names[i] for i in rng.permutation(len(names))], k, sort=False)
+                                    for _ in range(extra)]
 
 
 def run(cfg, data: str, k: int, extra: int, seed: int = 0) -> dict:
