@@ -184,6 +184,10 @@ class DistillConfig:
     adv_warmup_steps: int = 100
     cache_teacher: bool = True
     unpaired: str = ""  # folder of unedited photos: the student also learns the teacher's edit of them
+    # the student's own train.keep_best_min_delta (< 0: the train section's). The student starts as the
+    # teacher's network at one step, so its step 0 is already a good model: a later checkpoint must
+    # beat it on the selection split by this margin before it replaces it
+    keep_best_min_delta: float = -1.0
     discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
 
 

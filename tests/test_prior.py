@@ -152,6 +152,27 @@ def test_keep_best_min_delta_keeps_the_prior_unless_a_checkpoint_beats_it_by_the
     assert strict["selected_step"] == 0
 
 
+
+def test_the_students_own_margin_applies_to_the_student_only(tiny_data, tmp_path):
+    """distill.keep_best_min_delta is the student's margin: with a huge one the student keeps its
+    start (step 0: the teacher's network at one step), while the teacher in the same config keeps a
+    later step under train.keep_best_min_delta=0; the student's saved config records the margin used."""
+    from core.config import load_config
+    from distill.run import main as distill
+    from teacher.train import main as train_teacher
+
+    over = [*tiny_overrides(tiny_data, tmp_path), "train.keep_best=true", "train.validation_steps=2",
+            "train.ema_decay=0", "train.lr_warmup_steps=0", "teacher.learning_rate=2e-3", "teacher.train_steps=8",
+            "prior.kind=none", "student.init=teacher", "distill.train_steps=8", "distill.learning_rate=2e-3"]
+    assert train_teacher(["--config", CONFIG, *over])["selected_step"] > 0
+    moved = distill(["--config", CONFIG, *over, "distill.output_name=a", "train.keep_best_min_delta=100",
+                     "distill.keep_best_min_delta=0"])  # the student's 0 wins over the train section's 100
+    assert moved["selected_step"] > 0
+    kept = distill(["--config", CONFIG, *over, "distill.output_name=b", "distill.keep_best_min_delta=100"])
+    assert kept["selected_step"] == 0
+    saved = load_config(tmp_path / "demo" / "b" / "config.yaml")
+    assert saved.train.keep_best_min_delta == 100 and saved.distill.keep_best_min_delta == 100
+
 def test_selection_warns_when_the_choice_is_below_identity_or_the_curve():
     from core.config import EvalConfig
     from eval.score import score_rows
