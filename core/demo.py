@@ -48,6 +48,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from core.images import linear_to_srgb, srgb_to_linear
+
 PHOTOS = ("coffee", "astronaut", "chelsea", "rocket", "motorcycle_left", "motorcycle_right",
           "grace_hopper")
 SCENES = {"motorcycle_right": "motorcycle_left"}  # one stereo scene: never split across sides
@@ -80,17 +82,6 @@ def photo_path(name: str) -> Path:
             f"photos found: {found}. Install scikit-image>=0.22 and matplotlib>=3.8, "
             f"or leave {name!r} out of val_photos.")
     return path
-
-
-def srgb_to_linear(x: np.ndarray) -> np.ndarray:
-    """sRGB in [0, 1] -> linear light in [0, 1] (IEC 61966-2-1)."""
-    return np.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)
-
-
-def linear_to_srgb(x: np.ndarray) -> np.ndarray:
-    """Linear light -> sRGB, clipped to [0, 1]."""
-    x = np.clip(x, 0.0, 1.0)
-    return np.where(x <= 0.0031308, 12.92 * x, 1.055 * x ** (1 / 2.4) - 0.055)
 
 
 def _window_mask(h: int, w: int, rng: np.random.Generator) -> tuple[np.ndarray, list]:

@@ -507,6 +507,21 @@ def to_numpy(t: torch.Tensor) -> np.ndarray:
 PSNR_CAP_DB = 100.0  # identical images have infinite PSNR: reported as 100 dB so that means stay finite
 
 
+def srgb_to_linear(x):
+    """sRGB in [0, 1] -> linear light (IEC 61966-2-1); a torch tensor or a numpy array."""
+    where = torch.where if torch.is_tensor(x) else np.where
+    return where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)
+
+
+def linear_to_srgb(x):
+    """Linear light -> sRGB, clipped to [0, 1]; a torch tensor or a numpy array."""
+    if torch.is_tensor(x):
+        x = x.clamp(0, 1)
+        return torch.where(x <= 0.0031308, 12.92 * x, 1.055 * x.clamp_min(1e-12) ** (1 / 2.4) - 0.055)
+    x = np.clip(x, 0.0, 1.0)
+    return np.where(x <= 0.0031308, 12.92 * x, 1.055 * x ** (1 / 2.4) - 0.055)
+
+
 def psnr_db(pred: torch.Tensor, target: torch.Tensor) -> float:
     """PSNR in dB (data range 1) of (3, H, W) or (B, 3, H, W) images in [0, 1]: the mean over a
     batch of each image's PSNR, capped at PSNR_CAP_DB. torchmetrics' formula, 10 log10(1 / MSE)."""

@@ -35,6 +35,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from core.images import linear_to_srgb as to_srgb
+from core.images import srgb_to_linear as to_linear
 from core.images import to_numpy, to_tensor
 from core.models import ModelFolder, class_path
 
@@ -65,17 +67,6 @@ def identity_coeffs() -> torch.Tensor:
     for c in range(3):
         w[MONOMIALS.index((c,)), c] = 1.0
     return w
-
-
-def to_linear(x: torch.Tensor) -> torch.Tensor:
-    """sRGB in [0, 1] -> linear light (IEC 61966-2-1)."""
-    return torch.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)
-
-
-def to_srgb(x: torch.Tensor) -> torch.Tensor:
-    """Linear light -> sRGB, clipped to [0, 1]."""
-    x = x.clamp(0, 1)
-    return torch.where(x <= 0.0031308, 12.92 * x, 1.055 * x.clamp_min(1e-12) ** (1 / 2.4) - 0.055)
 
 
 def _solve(moments: list[tuple[torch.Tensor, torch.Tensor]], ridge: float) -> torch.Tensor:

@@ -27,7 +27,8 @@ def test_prior_fitted_to_a_known_curve_reproduces_it():
 
 
 def exposed(x: torch.Tensor, gain: float) -> torch.Tensor:
-    from core.prior import to_linear, to_srgb
+    from core.images import linear_to_srgb as to_srgb
+    from core.images import srgb_to_linear as to_linear
 
     return to_srgb(to_linear(x) * gain)
 
