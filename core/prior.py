@@ -35,9 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from core.images import linear_to_srgb as to_srgb
-from core.images import srgb_to_linear as to_linear
-from core.images import to_numpy, to_tensor
+from core.images import linear_to_srgb, srgb_to_linear, to_numpy, to_tensor
 from core.models import ModelFolder, class_path
 
 DEFAULT_RIDGE = 1e-4
@@ -92,7 +90,7 @@ def _moments(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
 
 def _best_gain(x_lin: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> float:
     """The gain of ALIGN_GAINS that, applied to x in linear light, minimises |curve(x) - y|^2."""
-    errors = [((torch.einsum("kn,kc->cn", _terms(to_srgb(x_lin * g)), w).clamp(0, 1) - y) ** 2).mean()
+    errors = [((torch.einsum("kn,kc->cn", _terms(linear_to_srgb(x_lin * g)), w).clamp(0, 1) - y) ** 2).mean()
               for g in ALIGN_GAINS]
     return float(ALIGN_GAINS[int(torch.stack(errors).argmin())])
 
@@ -150,8 +148,8 @@ class ColourPrior(ModelFolder, nn.Module):
             xs, ys = _subsample(x.double(), max_pixels), _subsample(y.double(), max_pixels)
             moments.append(_moments(xs, ys))
             if align == "exposure":
-                photos.append((to_linear(_subsample(x.double(), ALIGN_PIXELS)), _subsample(y.double(), ALIGN_PIXELS),
-                               to_linear(xs), ys))
+                photos.append((srgb_to_linear(_subsample(x.double(), ALIGN_PIXELS)),
+                               _subsample(y.double(), ALIGN_PIXELS), srgb_to_linear(xs), ys))
         if not moments:
             raise ValueError("core/prior.py: no training pairs to fit the colour prior to")
         reference = _solve(moments, ridge)
@@ -161,7 +159,8 @@ class ColourPrior(ModelFolder, nn.Module):
         for _ in range(ALIGN_ITERS):
             gains = torch.tensor([_best_gain(x_lin, y, coeffs) for x_lin, y, _, _ in photos], dtype=torch.float64)
             gains = gains / gains.log().mean().exp()  # gain 1 is the photos' mean exposure
-            coeffs = _solve([_moments(to_srgb(x_lin * g), y) for (_, _, x_lin, y), g in zip(photos, gains)], ridge)
+            coeffs = _solve([_moments(linear_to_srgb(x_lin * g), y)
+                             for (_, _, x_lin, y), g in zip(photos, gains)], ridge)
         prior = cls(coeffs, ridge, align=align, reference=reference)
         prior.gains = [round(float(g), 4) for g in gains]
         return prior

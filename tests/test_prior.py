@@ -27,10 +27,9 @@ def test_prior_fitted_to_a_known_curve_reproduces_it():
 
 
 def exposed(x: torch.Tensor, gain: float) -> torch.Tensor:
-    from core.images import linear_to_srgb as to_srgb
-    from core.images import srgb_to_linear as to_linear
+    from core.images import linear_to_srgb, srgb_to_linear
 
-    return to_srgb(to_linear(x) * gain)
+    return linear_to_srgb(srgb_to_linear(x) * gain)
 
 
 def test_exposure_aligned_fit_undoes_the_exposure_spread_of_the_inputs():
@@ -153,11 +152,11 @@ def test_keep_best_min_delta_keeps_the_prior_unless_a_checkpoint_beats_it_by_the
     assert strict["selected_step"] == 0
 
 
-
 def test_the_students_own_margin_applies_to_the_student_only(tiny_data, tmp_path):
-    """distill.keep_best_min_delta is the student's margin: with a huge one the student keeps its
-    start (step 0: the teacher's network at one step), while the teacher in the same config keeps a
-    later step under train.keep_best_min_delta=0; the student's saved config records the margin used."""
+    """distill.keep_best_min_delta is the student's margin and wins over train.keep_best_min_delta: the
+    teacher (train's margin 0) keeps a later step; a student with its own margin 0 under train's 100
+    keeps a later step too; with its own margin 100 it keeps its start (step 0: the teacher's network
+    at one step); the student's saved config records the margin used."""
     from core.config import load_config
     from distill.run import main as distill
     from teacher.train import main as train_teacher
@@ -173,6 +172,7 @@ def test_the_students_own_margin_applies_to_the_student_only(tiny_data, tmp_path
     assert kept["selected_step"] == 0
     saved = load_config(tmp_path / "demo" / "b" / "config.yaml")
     assert saved.train.keep_best_min_delta == 100 and saved.distill.keep_best_min_delta == 100
+
 
 def test_selection_warns_when_the_choice_is_below_identity_or_the_curve():
     from core.config import EvalConfig
