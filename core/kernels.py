@@ -2,17 +2,21 @@
 
     from core import kernels
     if kernels.available():                       # compiled once per machine, then cached
-        kernels.affine_grid_u8(x, grid, ...)      # core/transfer.py: apply_affine_grid_u8 (a prior first)
+        kernels.affine_grid_u8(x, grid, ...)      # core/transfer.py: apply_affine_grid_u8 (tone curves first)
         kernels.lut3d_u8(x, table, ...)           # lut/model.py: apply_lut on uint8 photos
 
-Why C: at 24 MP each of these loops does 20-30 float operations per pixel. In eager PyTorch
-every operation is a pass over memory (the affine grid cost 280 ms, the LUT's grid_sample 1.2 s);
-one fused loop that reads each uint8 pixel once, keeps the row in cache and writes uint8 once
-runs within a few times a memory copy. gcc vectorises the loops (-O3 -march=native) and OpenMP
-spreads the rows over torch's threads. The library is built with the system C compiler on first
-use (well under a second) into ~/.cache/estate-edit/kernels (ESTATE_EDIT_CACHE moves it); with
-no compiler, or ESTATE_EDIT_KERNELS=0, `available()` is False and callers use their PyTorch path
-(the same result within one level of 255; tests/test_speed_path.py checks both).
+Why C: at 24 MP each of these loops does 20-30 operations per pixel. In eager PyTorch every
+operation is a pass over memory (the affine grid cost 280 ms, the LUT's grid_sample 1.2 s); one
+fused loop that reads each uint8 pixel once and writes it once runs within a few times a memory
+copy. On CPUs with AVX-512 (BW + VBMI) the grid runs in 16-bit fixed point, 32 pixels at a time
+in registers (byte permutes split and merge the RGB interleave; the prior's tone curves are
+256-entry word tables), within one level of the float path; grids whose sums could leave 16 bits,
+and the whole cubic prior, take a 16-wide float loop; without AVX-512, gcc vectorises plain loops
+(-O3 -march=native). OpenMP spreads the rows over torch's threads. The library is built with the
+system C compiler on first use (about a second) into ~/.cache/estate-edit/kernels
+(ESTATE_EDIT_CACHE moves it); with no compiler, or ESTATE_EDIT_KERNELS=0, `available()` is False
+and callers use their PyTorch path (the same result within one level of 255;
+tests/test_speed_path.py checks every path against the float reference).
 """
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ import torch
 SOURCE = r"""
 #include <stdint.h>
 #include <stdlib.h>
+#include <math.h>
 
 static inline float clamp255(float v) { v = v < 0.f ? 0.f : v; return v > 255.f ? 255.f : v; }
 
@@ -122,14 +127,28 @@ static void store_row(uint8_t* restrict p, int64_t cs, const float* restrict R, 
         p[i] = (uint8_t)(int)R[i]; p[i + cs] = (uint8_t)(int)G[i]; p[i + 2 * cs] = (uint8_t)(int)B[i]; } }
 }
 
-/* The colour prior (core/prior.py) on a row, in place: out_c = clamp(sum_k m_k(r, g, b) * k[3 k + c], 0, 1)
-   with r, g, b in [0, 1] and m the 20 monomials of degree <= 3 in core.prior.MONOMIALS' order.
-   Pixels in and out in levels 0..255 (the grid's units). */
-static void poly_row(float* restrict R, float* restrict G, float* restrict B, int64_t w, const float* restrict k) {
+/* What runs on each pixel before the grid (`pre`, levels 0..255 in and out):
+   PRE_CURVES: a cubic tone curve per channel, out_c = clamp(k[0][c] + k[1][c] p + k[2][c] p^2 + k[3][c] p^3, 0, 255)
+               with p the channel's level (k[j][c] = k[3 j + c], already scaled to levels);
+   PRE_POLY:   the colour prior (core/prior.py) itself: out_c = 255 clamp(sum_t m_t(r, g, b) k[3 t + c], 0, 1), r, g, b
+               in [0, 1], m the 20 monomials of degree <= 3 in core.prior.MONOMIALS' order. */
+enum { PRE_NONE = 0, PRE_CURVES = 1, PRE_POLY = 2 };
+
+static void pre_row(float* restrict R, float* restrict G, float* restrict B, int64_t w, int kind,
+                    const float* restrict k) {
+    if (kind == PRE_CURVES) {
+        for (int64_t i = 0; i < w; i++) {
+            float r = R[i], g = G[i], b = B[i];
+            float o0 = ((k[9] * r + k[6]) * r + k[3]) * r + k[0];
+            float o1 = ((k[10] * g + k[7]) * g + k[4]) * g + k[1];
+            float o2 = ((k[11] * b + k[8]) * b + k[5]) * b + k[2];
+            R[i] = clamp255(o0); G[i] = clamp255(o1); B[i] = clamp255(o2);
+        }
+        return;
+    }
     float k0[20], k1[20], k2[20];  /* per channel, so the loop below is straight-line code gcc vectorises */
     for (int t = 0; t < 20; t++) { k0[t] = k[3 * t]; k1[t] = k[3 * t + 1]; k2[t] = k[3 * t + 2]; }
     const float s = 1.f / 255.f;
-    /* the 19 monomials once per pixel (16 products), then one multiply-add per term and channel */
 #define POLY(K) (K[0] + K[1] * r + K[2] * g + K[3] * b + K[4] * rr + K[5] * rg + K[6] * rb + K[7] * gg \
                  + K[8] * gb + K[9] * bb + K[10] * rrr + K[11] * rrg + K[12] * rrb + K[13] * rgg \
                  + K[14] * rgb + K[15] * rbb + K[16] * ggg + K[17] * ggb + K[18] * gbb + K[19] * bbb)
@@ -147,14 +166,222 @@ static void poly_row(float* restrict R, float* restrict G, float* restrict B, in
 #undef POLY
 }
 
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512VBMI__)
+/* AVX-512: 16 pixels at a time, all in registers. A masked 48-byte load and one byte permute
+   split RGB, the arithmetic is 16-wide, and a saturating narrow plus one permute interleave it back:
+   no float buffers, so each pixel costs its arithmetic (about 30 multiply-adds with the curves). */
+#define HAVE_AVX512 1
+static inline __m512 u8_ps(__m128i v) { return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(v)); }
+static inline __m128i ps_u8(__m512 v) {  /* rounded to nearest (even), clamped to 0..255 */
+    return _mm512_cvtusepi32_epi8(_mm512_cvtps_epi32(_mm512_max_ps(v, _mm512_setzero_ps())));
+}
+static inline __m512 clamp255v(__m512 v) {
+    return _mm512_min_ps(_mm512_max_ps(v, _mm512_setzero_ps()), _mm512_set1_ps(255.f));
+}
+#define BC(x) _mm512_set1_ps(x)
+#define FMA(a, b, c) _mm512_fmadd_ps(a, b, c)
+
+static inline void pre_block(__m512* r, __m512* g, __m512* b, int kind, const float* k) {
+    if (kind == PRE_CURVES) {
+        *r = clamp255v(FMA(FMA(FMA(BC(k[9]), *r, BC(k[6])), *r, BC(k[3])), *r, BC(k[0])));
+        *g = clamp255v(FMA(FMA(FMA(BC(k[10]), *g, BC(k[7])), *g, BC(k[4])), *g, BC(k[1])));
+        *b = clamp255v(FMA(FMA(FMA(BC(k[11]), *b, BC(k[8])), *b, BC(k[5])), *b, BC(k[2])));
+    } else if (kind == PRE_POLY) {
+        const __m512 s = BC(1.f / 255.f);
+        __m512 m[20];
+        m[1] = _mm512_mul_ps(*r, s); m[2] = _mm512_mul_ps(*g, s); m[3] = _mm512_mul_ps(*b, s);
+        m[4] = _mm512_mul_ps(m[1], m[1]); m[5] = _mm512_mul_ps(m[1], m[2]); m[6] = _mm512_mul_ps(m[1], m[3]);
+        m[7] = _mm512_mul_ps(m[2], m[2]); m[8] = _mm512_mul_ps(m[2], m[3]); m[9] = _mm512_mul_ps(m[3], m[3]);
+        m[10] = _mm512_mul_ps(m[4], m[1]); m[11] = _mm512_mul_ps(m[4], m[2]); m[12] = _mm512_mul_ps(m[4], m[3]);
+        m[13] = _mm512_mul_ps(m[1], m[7]); m[14] = _mm512_mul_ps(m[1], m[8]); m[15] = _mm512_mul_ps(m[1], m[9]);
+        m[16] = _mm512_mul_ps(m[7], m[2]); m[17] = _mm512_mul_ps(m[7], m[3]); m[18] = _mm512_mul_ps(m[2], m[9]);
+        m[19] = _mm512_mul_ps(m[9], m[3]);
+        __m512 o[3];
+        for (int c = 0; c < 3; c++) {  /* two partial sums per channel: shorter dependency chains */
+            __m512 even = BC(k[c]), odd = _mm512_mul_ps(BC(k[3 + c]), m[1]);
+            for (int t = 2; t < 20; t += 2) {
+                even = FMA(BC(k[3 * t + c]), m[t], even);
+                if (t + 1 < 20) odd = FMA(BC(k[3 * (t + 1) + c]), m[t + 1], odd);
+            }
+            o[c] = _mm512_mul_ps(_mm512_min_ps(_mm512_max_ps(_mm512_add_ps(even, odd), _mm512_setzero_ps()), BC(1.f)),
+                                 BC(255.f));
+        }
+        *r = o[0]; *g = o[1]; *b = o[2];
+    }
+}
+
+/* One row: pixels [xs, xe) lie between grid columns c and c1 (coefficients a, a + d; weight fx). */
+static void row_avx512(const uint8_t* restrict p, uint8_t* restrict o, int64_t w, int64_t cs,
+                       const float* restrict row, int gw, const int32_t* restrict i0, const int64_t* restrict span_end,
+                       const float* restrict fx, int kind, const float* restrict k) {
+    static const int8_t split_idx[64] = {
+        0, 3, 6, 9, 12, 15, 18, 21, 24, 27, 30, 33, 36, 39, 42, 45,
+        1, 4, 7, 10, 13, 16, 19, 22, 25, 28, 31, 34, 37, 40, 43, 46,
+        2, 5, 8, 11, 14, 17, 20, 23, 26, 29, 32, 35, 38, 41, 44, 47};
+    static const int8_t merge_idx[64] = {
+        0, 16, 32, 1, 17, 33, 2, 18, 34, 3, 19, 35, 4, 20, 36, 5, 21, 37, 6, 22, 38, 7, 23, 39,
+        8, 24, 40, 9, 25, 41, 10, 26, 42, 11, 27, 43, 12, 28, 44, 13, 29, 45, 14, 30, 46, 15, 31, 47};
+    const __m512i split = _mm512_loadu_si512(split_idx), merge = _mm512_loadu_si512(merge_idx);
+    for (int64_t xs = 0; xs < w;) {
+        int c = i0[xs], c1 = c + 1 < gw ? c + 1 : c;
+        int64_t xe = span_end[xs];
+        float a[12], d[12];
+        for (int q = 0; q < 12; q++) { a[q] = row[c * 12 + q]; d[q] = row[c1 * 12 + q] - a[q]; }
+        for (int64_t i = xs; i < xe; i += 16) {
+            int64_t n = xe - i < 16 ? xe - i : 16;
+            __mmask16 m16 = (__mmask16)((1u << n) - 1);
+            __m512 r, g, b;
+            if (cs == 1) {
+                __mmask64 m48 = (__mmask64)((1ull << (3 * n)) - 1);
+                __m512i v = _mm512_permutexvar_epi8(split, _mm512_maskz_loadu_epi8(m48, p + 3 * i));
+                r = u8_ps(_mm512_castsi512_si128(v));
+                g = u8_ps(_mm512_extracti32x4_epi32(v, 1));
+                b = u8_ps(_mm512_extracti32x4_epi32(v, 2));
+            } else {
+                r = u8_ps(_mm_maskz_loadu_epi8(m16, p + i));
+                g = u8_ps(_mm_maskz_loadu_epi8(m16, p + i + cs));
+                b = u8_ps(_mm_maskz_loadu_epi8(m16, p + i + 2 * cs));
+            }
+            pre_block(&r, &g, &b, kind, k);
+            __m512 f = _mm512_maskz_loadu_ps(m16, fx + i);
+            /* (a + f d) . [r g b 1] = a . [r g b 1] + f (d . [r g b 1]) */
+            __m512 o0 = FMA(BC(a[0]), r, FMA(BC(a[1]), g, FMA(BC(a[2]), b, BC(a[3]))));
+            __m512 o1 = FMA(BC(a[4]), r, FMA(BC(a[5]), g, FMA(BC(a[6]), b, BC(a[7]))));
+            __m512 o2 = FMA(BC(a[8]), r, FMA(BC(a[9]), g, FMA(BC(a[10]), b, BC(a[11]))));
+            o0 = FMA(f, FMA(BC(d[0]), r, FMA(BC(d[1]), g, FMA(BC(d[2]), b, BC(d[3])))), o0);
+            o1 = FMA(f, FMA(BC(d[4]), r, FMA(BC(d[5]), g, FMA(BC(d[6]), b, BC(d[7])))), o1);
+            o2 = FMA(f, FMA(BC(d[8]), r, FMA(BC(d[9]), g, FMA(BC(d[10]), b, BC(d[11])))), o2);
+            __m128i R8 = ps_u8(o0), G8 = ps_u8(o1), B8 = ps_u8(o2);
+            if (cs == 1) {
+                __m512i z = _mm512_inserti32x4(_mm512_castsi128_si512(R8), G8, 1);
+                z = _mm512_inserti32x4(z, B8, 2);
+                _mm512_mask_storeu_epi8(o + 3 * i, (__mmask64)((1ull << (3 * n)) - 1),
+                                        _mm512_permutexvar_epi8(merge, z));
+            } else {
+                _mm_mask_storeu_epi8(o + i, m16, R8);
+                _mm_mask_storeu_epi8(o + i + cs, m16, G8);
+                _mm_mask_storeu_epi8(o + i + 2 * cs, m16, B8);
+            }
+        }
+        xs = xe;
+    }
+}
+#undef BC
+#undef FMA
+
+/* The same row in 16-bit fixed point, 32 pixels at a time (twice the lanes of float and no
+   conversions): the pixel after `pre` in 1/128 of a level (a 256-entry table per channel, looked
+   up by word permutes), A and A's step d in 1/4096, sums in 1/16 of a level, f in 1/32768; each
+   product rounded (vpmulhrsw), the result rounded half up. At most about 0.3 of a level from the
+   float path before rounding. The caller checks the grid's range (no sum can leave 16 bits). */
+static inline __m512i lut256_epi16(const int16_t* restrict t, __m512i idx) {
+    __m512i q0 = _mm512_permutex2var_epi16(_mm512_loadu_si512(t), idx, _mm512_loadu_si512(t + 32));
+    __m512i q1 = _mm512_permutex2var_epi16(_mm512_loadu_si512(t + 64), idx, _mm512_loadu_si512(t + 96));
+    __m512i q2 = _mm512_permutex2var_epi16(_mm512_loadu_si512(t + 128), idx, _mm512_loadu_si512(t + 160));
+    __m512i q3 = _mm512_permutex2var_epi16(_mm512_loadu_si512(t + 192), idx, _mm512_loadu_si512(t + 224));
+    __mmask32 b6 = _mm512_test_epi16_mask(idx, _mm512_set1_epi16(64));
+    __mmask32 b7 = _mm512_test_epi16_mask(idx, _mm512_set1_epi16(128));
+    return _mm512_mask_blend_epi16(b7, _mm512_mask_blend_epi16(b6, q0, q1), _mm512_mask_blend_epi16(b6, q2, q3));
+}
+
+static inline __m512i affine3_epi16(__m512i t0, __m512i t1, __m512i t2, const int16_t* q) {
+    __m512i s = _mm512_adds_epi16(_mm512_mulhrs_epi16(t0, _mm512_set1_epi16(q[0])),
+                                  _mm512_mulhrs_epi16(t1, _mm512_set1_epi16(q[1])));
+    return _mm512_adds_epi16(s, _mm512_adds_epi16(_mm512_mulhrs_epi16(t2, _mm512_set1_epi16(q[2])),
+                                                  _mm512_set1_epi16(q[3])));
+}
+
+static void row_int16(const uint8_t* restrict p, uint8_t* restrict o, int64_t w, int64_t cs,
+                      const float* restrict row, int gw, const int32_t* restrict i0, const int64_t* restrict span_end,
+                      const int16_t* restrict fq, const int16_t* restrict tables) {
+    static int8_t split_rg[64], split_b[64], merge_lo[64], merge_hi[64];
+    static int ready = 0;
+    if (!ready) {  /* byte indices into (first 64 bytes, next 64): pixel j, channel c is byte 3 j + c */
+        for (int j = 0; j < 32; j++) {
+            split_rg[j] = 3 * j; split_rg[32 + j] = 3 * j + 1; split_b[j] = 3 * j + 2; split_b[32 + j] = 0;
+        }
+        for (int q = 0; q < 96; q++) {  /* output byte q from (R | G, B): R j at j, G j at 32 + j, B j at 64 + j */
+            int j = q / 3, c = q % 3, src = c == 2 ? 64 + j : 32 * c + j;
+            if (q < 64) merge_lo[q] = src; else merge_hi[q - 64] = src;
+        }
+        for (int q = 32; q < 64; q++) merge_hi[q] = 0;
+        ready = 1;
+    }
+    const __m512i srg = _mm512_loadu_si512(split_rg), sb = _mm512_loadu_si512(split_b);
+    const __m512i mlo = _mm512_loadu_si512(merge_lo), mhi = _mm512_loadu_si512(merge_hi);
+    for (int64_t xs = 0; xs < w;) {
+        int c = i0[xs], c1 = c + 1 < gw ? c + 1 : c;
+        int64_t xe = span_end[xs];
+        int16_t aq[12], dq[12];
+        for (int ch = 0; ch < 3; ch++) for (int k = 0; k < 4; k++) {
+            float a = row[c * 12 + 4 * ch + k], d = row[c1 * 12 + 4 * ch + k] - a, s = k < 3 ? 4096.f : 16.f;
+            aq[4 * ch + k] = (int16_t)lrintf(a * s); dq[4 * ch + k] = (int16_t)lrintf(d * s);
+        }
+        for (int64_t i = xs; i < xe; i += 32) {
+            int64_t n = xe - i < 32 ? xe - i : 32;
+            __mmask32 m32 = n == 32 ? 0xFFFFFFFFu : (__mmask32)((1u << n) - 1);
+            __m512i r, g, b;
+            if (cs == 1) {
+                int64_t nb = 3 * n;
+                __m512i v0 = _mm512_maskz_loadu_epi8(nb >= 64 ? ~0ull : (1ull << nb) - 1, p + 3 * i);
+                __m512i v1 = _mm512_maskz_loadu_epi8(nb > 64 ? (1ull << (nb - 64)) - 1 : 0, p + 3 * i + 64);
+                __m512i rg = _mm512_permutex2var_epi8(v0, srg, v1), bb = _mm512_permutex2var_epi8(v0, sb, v1);
+                r = _mm512_cvtepu8_epi16(_mm512_castsi512_si256(rg));
+                g = _mm512_cvtepu8_epi16(_mm512_extracti64x4_epi64(rg, 1));
+                b = _mm512_cvtepu8_epi16(_mm512_castsi512_si256(bb));
+            } else {
+                r = _mm512_cvtepu8_epi16(_mm256_maskz_loadu_epi8(m32, p + i));
+                g = _mm512_cvtepu8_epi16(_mm256_maskz_loadu_epi8(m32, p + i + cs));
+                b = _mm512_cvtepu8_epi16(_mm256_maskz_loadu_epi8(m32, p + i + 2 * cs));
+            }
+            if (tables) {
+                r = lut256_epi16(tables, r); g = lut256_epi16(tables + 256, g); b = lut256_epi16(tables + 512, b);
+            } else {
+                r = _mm512_slli_epi16(r, 7); g = _mm512_slli_epi16(g, 7); b = _mm512_slli_epi16(b, 7);
+            }
+            __m512i f = _mm512_maskz_loadu_epi16(m32, fq + i), out[3];
+            for (int ch = 0; ch < 3; ch++) {
+                __m512i v = _mm512_adds_epi16(affine3_epi16(r, g, b, aq + 4 * ch),
+                                              _mm512_mulhrs_epi16(f, affine3_epi16(r, g, b, dq + 4 * ch)));
+                v = _mm512_srai_epi16(_mm512_adds_epi16(v, _mm512_set1_epi16(8)), 4);
+                out[ch] = _mm512_max_epi16(v, _mm512_setzero_si512());
+            }
+            __m256i R8 = _mm512_cvtusepi16_epi8(out[0]), G8 = _mm512_cvtusepi16_epi8(out[1]);
+            __m256i B8 = _mm512_cvtusepi16_epi8(out[2]);
+            if (cs == 1) {
+                int64_t nb = 3 * n;
+                __m512i rgz = _mm512_inserti64x4(_mm512_castsi256_si512(R8), G8, 1);
+                __m512i bz = _mm512_castsi256_si512(B8);
+                _mm512_mask_storeu_epi8(o + 3 * i, nb >= 64 ? ~0ull : (1ull << nb) - 1,
+                                        _mm512_permutex2var_epi8(rgz, mlo, bz));
+                if (nb > 64)
+                    _mm512_mask_storeu_epi8(o + 3 * i + 64, (1ull << (nb - 64)) - 1,
+                                            _mm512_permutex2var_epi8(rgz, mhi, bz));
+            } else {
+                _mm256_mask_storeu_epi8(o + i, m32, R8);
+                _mm256_mask_storeu_epi8(o + i + cs, m32, G8);
+                _mm256_mask_storeu_epi8(o + i + 2 * cs, m32, B8);
+            }
+        }
+        xs = xe;
+    }
+}
+#endif
+
 /* x, out: nimg images of h x w RGB uint8, HWC (planar = 0) or CHW (planar = 1).
-   grid: (nimg, gh, gw, 12) float [A | b] in units of 255: out = A @ rgb + b.
+   grid: (nimg, gh, gw, 12) float [A | b] in units of 255: out = A @ pre(rgb) + b.
    Rows read grid rows j0, j1 with weight fy; pixels read cells i0, i0 + 1 with weight fx.
-   poly: NULL, or the (20, 3) coefficients of a colour prior applied to each pixel before the grid. */
+   pre_kind, pre: what runs on each pixel before the grid (PRE_NONE, PRE_CURVES with (4, 3)
+   coefficients, PRE_POLY with the (20, 3) coefficients of the colour prior). */
 void affine_grid_u8(const uint8_t* x, uint8_t* out, int64_t nimg, int64_t h, int64_t w, int planar,
                     const float* grid, int gh, int gw, const int32_t* j0, const int32_t* j1,
-                    const float* fy, const int32_t* i0, const float* fx, const float* poly, int nthreads) {
+                    const float* fy, const int32_t* i0, const float* fx, int pre_kind, const float* pre,
+                    const int16_t* tables, int fixed, int nthreads) {
     init_masks();
+    int16_t* fq = malloc(sizeof(int16_t) * (w + 32));
+    for (int64_t i = 0; i < w; i++) { long v = lrintf(fx[i] * 32768.f); fq[i] = (int16_t)(v > 32767 ? 32767 : v); }
+    int64_t* span_end = malloc(sizeof(int64_t) * (w + 1));  /* where the run of pixels sharing pixel i's cell ends */
+    for (int64_t i = w - 1; i >= 0; i--) span_end[i] = (i + 1 < w && i0[i + 1] == i0[i]) ? span_end[i + 1] : i + 1;
     #pragma omp parallel num_threads(nthreads)
     {
         float* buf = malloc(sizeof(float) * (gw * 12 + 3 * w + 48));
@@ -168,21 +395,36 @@ void affine_grid_u8(const uint8_t* x, uint8_t* out, int64_t nimg, int64_t h, int
             float t = fy[y];
             for (int k = 0; k < gw * 12; k++) row[k] = g0[k] + t * (g1[k] - g0[k]);
             int64_t offset = planar ? bi * 3 * h * w + y * w : (bi * h + y) * w * 3;
+#ifdef HAVE_AVX512
+            if (fixed) row_int16(x + offset, out + offset, w, cs, row, gw, i0, span_end, fq, tables);
+            else row_avx512(x + offset, out + offset, w, cs, row, gw, i0, span_end, fx, pre_kind, pre);
+#else
             load_row(x + offset, cs, R, G, B, w);
-            if (poly) poly_row(R, G, B, w, poly);
+            if (pre_kind != PRE_NONE) pre_row(R, G, B, w, pre_kind, pre);
             for (int64_t xs = 0; xs < w;) {
                 int c = i0[xs], c1 = i0[xs] + 1 < gw ? i0[xs] + 1 : i0[xs];
-                int64_t xe = xs;
-                while (xe < w && i0[xe] == c) xe++;
+                int64_t xe = span_end[xs];
                 float a[12], d[12];
                 for (int k = 0; k < 12; k++) { a[k] = row[c * 12 + k]; d[k] = row[c1 * 12 + k] - a[k]; }
                 span(R + xs, G + xs, B + xs, xe - xs, a, d, fx + xs);
                 xs = xe;
             }
             store_row(out + offset, cs, R, G, B, w);
+#endif
         }
         free(buf);
     }
+    free(fq);
+    free(span_end);
+}
+
+/* Does this build have the 16-bit path (AVX-512 BW + VBMI)? */
+int has_fixed_point(void) {
+#ifdef HAVE_AVX512
+    return 1;
+#else
+    return 0;
+#endif
 }
 
 /* Trilinear 3D LUT on uint8 pixels. table: (nimg, 256, s, s, 3) float, the LUT already
@@ -216,7 +458,7 @@ void lut3d_u8(const uint8_t* x, uint8_t* out, int64_t nimg, int64_t h, int64_t w
     }
 }
 """
-FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
+FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-lm"]
 _lib: ctypes.CDLL | None = None
 _tried = False
 
@@ -257,7 +499,9 @@ def _build() -> ctypes.CDLL:
             os.replace(lib, target)  # atomic: another process may be building the same file
     lib = ctypes.CDLL(str(target))
     i64, i32, ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p
-    lib.affine_grid_u8.argtypes = [ptr, ptr, i64, i64, i64, i32, ptr, i32, i32, ptr, ptr, ptr, ptr, ptr, ptr, i32]
+    lib.affine_grid_u8.argtypes = [ptr, ptr, i64, i64, i64, i32, ptr, i32, i32, ptr, ptr, ptr, ptr, ptr, i32, ptr, ptr,
+                                   i32, i32]
+    lib.has_fixed_point.restype = ctypes.c_int
     lib.lut3d_u8.argtypes = [ptr, ptr, i64, i64, i64, i32, ptr, i32, ptr, ptr, i32]
     return lib
 
@@ -304,23 +548,59 @@ def _output(x: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
 
 def affine_grid_u8(x: torch.Tensor, grid: torch.Tensor, j0: torch.Tensor, j1: torch.Tensor, fy: torch.Tensor,
                    i0: torch.Tensor, fx: torch.Tensor, out: torch.Tensor | None = None,
-                   poly: torch.Tensor | None = None) -> torch.Tensor:
+                   poly: torch.Tensor | None = None, curves: torch.Tensor | None = None,
+                   fixed: bool | None = None) -> torch.Tensor:
     """x (B, 3, H, W) uint8; grid (B, G_h, G_w, 12) float32 [A | b], b in units of 255; the row and
     column interpolation tables (int32 cells, float32 weights). Returns uint8 in x's layout (into
     `out` when given: a reused buffer saves the page faults of a fresh 72 MB one at 24 MP).
-    `poly`: (20, 3) cubic coefficients of a colour prior (core/prior.py) applied to each pixel
-    first, in the same pass: out = grid(prior(x))."""
+    What runs on each pixel first, in the same pass (at most one of):
+    `curves`: (4, 3) a cubic tone curve per channel on levels, out_c = sum_j curves[j, c] p_c^j
+    clamped to 0..255 (core.prior.ToneCurves.kernel_coeffs);
+    `poly`: (20, 3) the cubic coefficients of the colour prior itself (core/prior.py).
+    `fixed`: None = the 16-bit path where it applies (fixed_point_ok; never with `poly`), False = float."""
     x, planar = _layout(x)
     out = _output(x, out)
     b, _, h, w = x.shape
     grid, tables = grid.float().contiguous(), [t.contiguous() for t in (j0, j1, fy, i0, fx)]
-    if poly is not None:
-        poly = poly.detach().to("cpu", torch.float32).contiguous()
-        if poly.shape != (20, 3):
-            raise ValueError(f"core/kernels.py: poly has shape {tuple(poly.shape)}; expected (20, 3)")
+    if curves is not None and poly is not None:
+        raise ValueError("core/kernels.py: pass curves or poly, not both")
+    kind, pre, lut = 0, None, None
+    for k, (name, coeffs, shape) in enumerate((("curves", curves, (4, 3)), ("poly", poly, (20, 3))), 1):
+        if coeffs is not None:
+            pre = coeffs.detach().to("cpu", torch.float32).contiguous()
+            if pre.shape != shape:
+                raise ValueError(f"core/kernels.py: {name} has shape {tuple(pre.shape)}; expected {shape}")
+            kind = k
+    fixed = poly is None and fixed_point_ok(grid) and fixed is not False
+    if fixed and curves is not None:
+        lut = curve_tables(curves)
     _lib.affine_grid_u8(_ptr(x), _ptr(out), b, h, w, planar, _ptr(grid), grid.shape[1], grid.shape[2],
-                        *map(_ptr, tables), None if poly is None else _ptr(poly), torch.get_num_threads())
+                        *map(_ptr, tables), kind, None if pre is None else _ptr(pre),
+                        None if lut is None else _ptr(lut), int(fixed), torch.get_num_threads())
     return out
+
+
+FIXED_POINT_RANGE = 1000.0  # levels: the 16-bit path's sums stay within +-32000/16 for grids inside it
+
+
+def fixed_point_ok(grid: torch.Tensor) -> bool:
+    """Can the 16-bit path apply this (B, G_h, G_w, 12) grid? It can when the build has it
+    (AVX-512 BW + VBMI) and no cell's output can leave +-FIXED_POINT_RANGE levels (sum |A| * 255 + |b|
+    per channel: an edit maps 0..255 to about 0..255, so only a broken grid falls back to float)."""
+    if not _lib.has_fixed_point():
+        return False
+    cells = grid.reshape(*grid.shape[:-1], 3, 4)
+    bound = cells[..., :3].abs().sum(-1) * 255 + cells[..., 3].abs()
+    return bool(torch.isfinite(bound).all()) and float(bound.max()) <= FIXED_POINT_RANGE
+
+
+def curve_tables(curves: torch.Tensor) -> torch.Tensor:
+    """(4, 3) tone-curve coefficients on levels -> (3, 256) int16: each channel's curve at the 256 levels
+    in 1/128 of a level, clamped to 0..255 (the 16-bit path looks pixels up in it)."""
+    v = torch.arange(256, dtype=torch.float64)[:, None]
+    c = curves.detach().to("cpu", torch.float64)
+    out = c[0] + c[1] * v + c[2] * v ** 2 + c[3] * v ** 3                      # (256, 3)
+    return (out.clamp(0, 255) * 128).round().to(torch.int16).T.contiguous()
 
 
 def lut3d_u8(x: torch.Tensor, table: torch.Tensor, idx: torch.Tensor, frac: torch.Tensor,

@@ -9,8 +9,9 @@
 The network only ever sees the working copy; the edit it makes there is carried to the
 original pixels by a grid of local affine colour transforms (core.transfer), so the output
 keeps every pixel of detail at any size, with no tiles. A model trained over a colour prior
-(`edit.prior`, core/prior.py) has the curve applied exactly to every full-size pixel, in the
-same pass as the grid, which then carries only the network's residual over the curve.
+(`edit.prior`, core/prior.py) has the prior's tone curves applied to every full-size pixel, in the
+same pass as the grid, which then carries the rest: the prior's colour mixing and the network's
+residual (core/transfer.py).
 
 Two paths, one result (within one level of 255, tests/test_speed_path.py):
 - uint8 (the photo path, `edit_batch`): the photo stays uint8 on the device; the working copy
@@ -84,7 +85,8 @@ class EditPipeline:
         self.edit, self.long_side, self.multiple = edit, long_side, multiple
         self.transfer, self.grid, self.device = transfer, grid, torch.device(device)
         self.precision, self.batch_size, self.exact_working_copy = precision, batch_size, exact_working_copy
-        self.prior = getattr(edit, "prior", None)  # the model's colour prior, applied exactly at full size
+        prior = getattr(edit, "prior", None)  # the model's colour prior: its tone curves go before the grid
+        self.pre = None if prior is None else prior.tone_curves()
         self.timings: dict[str, float] = {}
 
     def working_size(self, h: int, w: int) -> tuple[int, int]:
@@ -136,9 +138,9 @@ class EditPipeline:
         out_lo = self.edit_working(lo)
         t2 = self._now()
         if self.transfer == "grid":
-            coeffs = fit_affine_grid(lo if self.prior is None else self.prior(lo), out_lo, self.grid)
+            coeffs = fit_affine_grid(lo if self.pre is None else self.pre(lo), out_lo, self.grid)
             t3 = self._now()
-            out = apply_affine_grid_u8(x, coeffs, out=out, pre=self.prior)
+            out = apply_affine_grid_u8(x, coeffs, out=out, pre=self.pre)
         else:  # "none" (bilinear upsampling of the edit) and unknown modes: the float function decides
             t3 = self._now()
             out = apply_transfer(self.transfer, x, lo, out_lo, self.grid).mul_(255).round_().to(torch.uint8)
@@ -175,6 +177,6 @@ class EditPipeline:
         # even at equal size the transfer earns its cost: as a guided filter it keeps the input's
         # detail and drops the network's texture artefacts (demo: SSIM 0.84 -> 0.91 at the same PSNR)
         full = to_tensor(rgb, view=True)[None]  # a view of the photo: no 24 MP copy
-        out = apply_transfer(self.transfer, full, lo_t, out_lo, self.grid, pre=self.prior)  # prior on x's device
+        out = apply_transfer(self.transfer, full, lo_t, out_lo, self.grid, pre=self.pre)
         self.timings["transfer_ms"] = (time.perf_counter() - t2) * 1e3
         return out[0].permute(1, 2, 0).numpy()

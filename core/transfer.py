@@ -10,11 +10,14 @@ every pixel of the original's detail at any size. Linear in pixels, no tiles, no
     coeffs = fit_affine_grid(lo_in, lo_out, grid=32)      # (B, 32, 32, 3, 4)
     full_out = apply_affine_grid(full_in, coeffs)         # (B, 3, H, W), banded rows
 
-A model trained over a colour prior (core/prior.py: a global per-pixel curve) passes it as
-`pre`: the curve is applied exactly at full resolution and only the network's residual edit,
-prior(lo_in) -> lo_out, goes through the grid. A model that learnt nothing (the step-0
-checkpoint) then reproduces the curve row exactly at any size, instead of a grid's piecewise
-affine approximation of a cubic (which cost 0.04-0.44 dB a fold on FiveK).
+A model trained over a colour prior (core/prior.py: a global per-pixel cubic) passes the prior's
+tone curves as `pre` (ColourPrior.tone_curves(): one cubic per channel, on the grey axis): they
+are applied to every full-resolution pixel and the grid carries curves(lo_in) -> lo_out, the
+prior's cross-channel part and the network's residual. A model that learnt nothing (the step-0
+checkpoint) then reproduces the curve row at any size (57 dB from the exact cubic on FiveK; the
+grid alone, with no curves first, approximates the cubic piecewise affinely, which cost 0.04-0.44
+dB a fold). `pre` may be any per-pixel map on [0, 1] images; the C kernel knows the tone curves
+and the full cubic (`kernel_args()`), anything else runs in the PyTorch bands.
 """
 from __future__ import annotations
 
@@ -164,7 +167,7 @@ def apply_affine_grid(full_in: torch.Tensor, coeffs: torch.Tensor,
     centres aligned as F.interpolate(mode="bilinear", align_corners=False) does, band_rows rows
     at a time, so a 24 MP image needs only one band of per-pixel coefficients in memory; the
     result equals the one-shot computation. Returns (B, 3, H, W) float32 clamped to [0, 1].
-    `pre`: the colour prior (core.prior.ColourPrior), applied to every pixel before the grid.
+    `pre`: a per-pixel map (the prior's ToneCurves, or the ColourPrior), applied to every pixel first.
     """
     _check_image("full_in", full_in)
     _check_coeffs(full_in, coeffs)
@@ -184,8 +187,8 @@ def apply_affine_grid_u8(full_in: torch.Tensor, coeffs: torch.Tensor, band_rows:
     halves the traffic; its error is at most one level, tests/test_speed_path.py).
     Equals round(255 * apply_affine_grid(full_in / 255, coeffs)) within one level of 255.
     `out`: a uint8 buffer like full_in to write into (reused buffers skip a fresh allocation).
-    `pre`: the colour prior (core.prior.ColourPrior), applied to every pixel before the grid (in
-    the kernel's same pass: its cubic coefficients).
+    `pre`: a per-pixel map applied to every pixel before the grid (the prior's ToneCurves, or the
+    ColourPrior itself: in the kernel's same pass).
     """
     _check_image("full_in", full_in)
     _check_coeffs(full_in, coeffs)
@@ -194,7 +197,8 @@ def apply_affine_grid_u8(full_in: torch.Tensor, coeffs: torch.Tensor, band_rows:
                          "pixels (use apply_affine_grid for float images)")
     from core import kernels
 
-    if full_in.device.type == "cpu" and dtype == torch.float32 and kernels.available():
+    if (full_in.device.type == "cpu" and dtype == torch.float32 and kernels.available()
+            and (pre is None or hasattr(pre, "kernel_args"))):
         gh, gw = coeffs.shape[1:3]
         h, w = full_in.shape[-2:]
         grid = coeffs.float().clone()
@@ -202,7 +206,7 @@ def apply_affine_grid_u8(full_in: torch.Tensor, coeffs: torch.Tensor, band_rows:
         j0, j1, fy = _interp_index(h, gh, "cpu")
         i0, _, fx = _interp_index(w, gw, "cpu")
         return kernels.affine_grid_u8(full_in, grid.flatten(3), j0.int(), j1.int(), fy.float(), i0.int(),
-                                      fx.float(), out, None if pre is None else pre.coeffs)
+                                      fx.float(), out, **({} if pre is None else pre.kernel_args()))
     rows = band_rows or (BAND_ROWS if full_in.device.type == "cpu" else 1024)  # a GPU wants big launches
     return _apply_bands(full_in, coeffs, torch.empty_like(full_in) if out is None else out, rows, dtype, pre)
 
@@ -211,7 +215,7 @@ def transfer_edit(full_in: torch.Tensor, lo_in: torch.Tensor, lo_out: torch.Tens
                   grid: int | tuple[int, int] = DEFAULT_GRID, eps: float = DEFAULT_EPS,
                   band_rows: int = BAND_ROWS, pre=None) -> torch.Tensor:
     """Carry the edit lo_in -> lo_out (B, 3, h, w) over to full_in (B, 3, H, W), all in [0, 1];
-    with `pre` (the colour prior) the curve is exact and the grid carries prior(lo_in) -> lo_out.
+    with `pre` (the prior's tone curves) the grid carries pre(lo_in) -> lo_out.
     Returns (B, 3, H, W) float32 in [0, 1]."""
     base = lo_in if pre is None else pre(lo_in)
     return apply_affine_grid(full_in, fit_affine_grid(base, lo_out, grid, eps), band_rows, pre)

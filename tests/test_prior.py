@@ -231,10 +231,11 @@ def test_unpaired_distillation_runs_end_to_end(tiny_data, tmp_path):
     assert student.prior is not None  # the student works over the teacher's prior
 
 
-def test_step_zero_model_reproduces_the_curve_exactly_at_full_resolution(monkeypatch):
-    """The full-size path applies the prior to every pixel and carries only the network's residual
-    through the grid: an untrained model's photo equals the curve row's (float exactly, uint8 within
-    one level, with the C kernel and with the PyTorch bands), not a grid's approximation of it."""
+def test_step_zero_model_reproduces_the_curve_at_full_resolution(monkeypatch):
+    """The full-size path applies the prior's tone curves to every pixel and carries the rest (the
+    cubic's cross-channel part and the network's residual) through the grid: an untrained model's
+    photo is the curve row's within a few levels, ten times closer (in squared error) than the grid
+    alone gets; uint8 (C kernel, 16-bit or float, and PyTorch bands) within one level of float."""
     import numpy as np
 
     from core import kernels
@@ -252,19 +253,23 @@ def test_step_zero_model_reproduces_the_curve_exactly_at_full_resolution(monkeyp
     yy, xx = torch.meshgrid(torch.linspace(0, 1, 96), torch.linspace(0, 1, 128), indexing="ij")
     photo = torch.stack([xx, yy, (xx * yy) ** 0.5]) * 0.8 + 0.2 * torch.rand(3, 96, 128, generator=g)
     curve = prior(photo[None])[0].permute(1, 2, 0).numpy()
-    out = pipe(photo.permute(1, 2, 0).numpy().astype(np.float32))
-    assert np.abs(out - curve).max() < 1e-4
+    rgb = photo.permute(1, 2, 0).numpy().astype(np.float32)
+    out = pipe(rgb)
+    assert np.abs(out - curve).max() < 4 / 255  # measured 2.8 levels at most, 58.6 dB
     without = EditPipeline(model, long_side=32, transfer="grid", grid=4, multiple=16)
-    without.prior = None  # the old path: the curve approximated by the grid, for contrast
-    assert np.abs(without(photo.permute(1, 2, 0).numpy().astype(np.float32)) - curve).max() > 1e-3
+    without.pre = None  # no curves first: the grid alone approximates the cubic, for contrast
+    assert ((without(rgb) - curve) ** 2).mean() > 5 * ((out - curve) ** 2).mean()  # measured 48.8 dB
     u8 = (photo * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    ref = (prior(torch.from_numpy(u8).permute(2, 0, 1)[None].float() / 255)[0] * 255).round()
+    ref = np.round(pipe(u8.astype(np.float32) / 255) * 255)
     paths = [pipe(u8)]
+    if kernels.available():
+        monkeypatch.setattr(kernels, "fixed_point_ok", lambda grid: False)
+        paths.append(pipe(u8))
     monkeypatch.setenv("ESTATE_EDIT_KERNELS", "0")
     assert not kernels.available()
     paths.append(pipe(u8))
     for got in paths:
-        assert np.abs(got.astype(np.float32) - ref.permute(1, 2, 0).numpy()).max() <= 1
+        assert np.abs(got.astype(np.float32) - ref).max() <= 1
 
 
 def test_curve_pipeline_on_uint8_matches_its_float_path():

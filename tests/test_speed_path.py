@@ -241,22 +241,35 @@ def test_torchvision_io_falls_back_to_pil_when_it_cannot(student_dir, tmp_path, 
     assert Image.open(tmp_path / "out" / "a.jpg").size == (72, 48)
 
 
-def test_c_kernel_applies_the_colour_prior_like_the_pytorch_bands(monkeypatch):
+def test_fixed_point_kernel_equals_the_float_paths(monkeypatch):
+    """The 16-bit kernel (AVX-512), the float kernel and the PyTorch bands agree within one level,
+    with nothing, the prior's tone curves or the whole cubic prior before the grid, in both layouts
+    and on widths that leave partial blocks; a grid outside the 16-bit range goes to the float
+    kernel and is still right."""
     if not kernels.available():
         pytest.skip("no C compiler: the PyTorch path is the only one")
     from core.prior import ColourPrior
 
-    g = torch.Generator().manual_seed(2)
+    g = torch.Generator().manual_seed(4)
     prior = ColourPrior.fit([(x, (x ** 0.7 * torch.tensor([1.0, 0.95, 0.85]).view(3, 1, 1)).clamp(0, 1))
                              for x in [torch.rand(3, 24, 24, generator=g)]])
-    hwc = torch.randint(0, 256, (2, 37, 53, 3), dtype=torch.uint8, generator=g).permute(0, 3, 1, 2)
-    coeffs = torch.eye(3, 4).repeat(2, 5, 7, 1, 1) + 0.05 * torch.randn(2, 5, 7, 3, 4, generator=g)
-    fast = [apply_affine_grid_u8(x, coeffs, pre=prior) for x in (hwc, hwc.contiguous())]
-    monkeypatch.setenv("ESTATE_EDIT_KERNELS", "0")
-    slow = apply_affine_grid_u8(hwc, coeffs, pre=prior)
-    ref = (apply_affine_grid(hwc.float() / 255, coeffs, pre=prior) * 255).round()
-    plain = apply_affine_grid_u8(hwc, coeffs)
-    assert (plain.int() - slow.int()).abs().max() > 5  # the prior changed the result
-    for out in fast:
-        assert (out.float() - ref).abs().max() <= 1
-        assert (out.int() - slow.int()).abs().max() <= 1
+    hwc = torch.randint(0, 256, (2, 29, 101, 3), dtype=torch.uint8, generator=g).permute(0, 3, 1, 2)
+    coeffs = torch.eye(3, 4).repeat(2, 4, 6, 1, 1) + 0.1 * torch.randn(2, 4, 6, 3, 4, generator=g)
+    wild = coeffs * 6  # |A| * 255 summed beyond the 16-bit range: the float kernel takes it
+    in_levels = [torch.cat([c[..., :3], c[..., 3:] * 255], -1).flatten(3) for c in (coeffs, wild)]
+    assert kernels.fixed_point_ok(in_levels[0]) == bool(kernels._lib.has_fixed_point())
+    assert not kernels.fixed_point_ok(in_levels[1])
+    for grid in (coeffs, wild):
+        plain = (apply_affine_grid(hwc.float() / 255, grid) * 255).round()
+        for pre in (None, prior.tone_curves(), prior):
+            ref = (apply_affine_grid(hwc.float() / 255, grid, pre=pre) * 255).round()
+            assert pre is None or (ref - plain).abs().max() > 5  # what runs first changes the result
+            fixed = [apply_affine_grid_u8(x, grid, pre=pre) for x in (hwc, hwc.contiguous())]
+            with monkeypatch.context() as m:
+                m.setattr(kernels, "fixed_point_ok", lambda grid: False)
+                floating = apply_affine_grid_u8(hwc, grid, pre=pre)
+                m.setenv("ESTATE_EDIT_KERNELS", "0")
+                bands = apply_affine_grid_u8(hwc, grid, pre=pre)
+            for out in (*fixed, floating, bands):
+                assert (out.float() - ref).abs().max() <= 1
+            assert torch.equal(fixed[0], fixed[1].contiguous(memory_format=torch.channels_last))
