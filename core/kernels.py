@@ -418,6 +418,80 @@ void affine_grid_u8(const uint8_t* x, uint8_t* out, int64_t nimg, int64_t h, int
     free(span_end);
 }
 
+/* Box reduction by k (the working copy's first step at large sizes): out (nimg, 3, ceil(h / k),
+   ceil(w / k)) float, each the mean of its k x k block of uint8 pixels (a partial block at the right
+   or bottom edge: the mean of the pixels it has), in levels 0..255. The k rows of a block are summed
+   in 16 bits (vectorised), then each run of k columns. */
+void box_reduce_u8(const uint8_t* x, float* out, int64_t nimg, int64_t h, int64_t w, int planar, int k,
+                   int nthreads) {
+    int64_t ho = (h + k - 1) / k, wo = (w + k - 1) / k, cs = planar ? h * w : 1, ps = planar ? 1 : 3;
+    #pragma omp parallel num_threads(nthreads)
+    {
+        uint16_t* acc = malloc(sizeof(uint16_t) * 3 * w);
+        #pragma omp for schedule(static)
+        for (int64_t by = 0; by < nimg * ho; by++) {
+            int64_t bi = by / ho, yo = by % ho, y0 = yo * k, y1 = y0 + k < h ? y0 + k : h;
+            for (int c = 0; c < 3; c++) {
+                uint16_t* restrict a = acc + (planar ? c * w : 0);
+                if (!planar && c > 0) break;  /* interleaved: one pass sums all three channels */
+                int64_t n = planar ? w : 3 * w;
+                for (int64_t i = 0; i < n; i++) a[i] = 0;
+                for (int64_t y = y0; y < y1; y++) {
+                    const uint8_t* restrict p = x + (planar ? (bi * 3 + c) * h * w + y * w : (bi * h + y) * w * 3);
+                    for (int64_t i = 0; i < n; i++) a[i] = (uint16_t)(a[i] + p[i]);
+                }
+            }
+            for (int c = 0; c < 3; c++) {
+                float* o = out + ((bi * 3 + c) * ho + yo) * wo;
+                const uint16_t* a = planar ? acc + c * w : acc + c;
+                for (int64_t xo = 0; xo < wo; xo++) {
+                    int64_t x0 = xo * k, x1 = x0 + k < w ? x0 + k : w;
+                    uint32_t s = 0;
+                    for (int64_t xx = x0; xx < x1; xx++) s += a[xx * ps];
+                    o[xo] = (float)s / (float)((x1 - x0) * (y1 - y0));
+                }
+            }
+        }
+        free(acc);
+        (void)cs;
+    }
+}
+
+/* The grid fit's moments (core/transfer.py fit_affine_grid): x, y (nimg, 3, h, w) float, the
+   working-size input and output; stats (nimg, gh, gw, 28) double, zeroed by the caller, gets per cell
+   the tent-weighted sums of [x 1][x 1]^T (16, row-major) and [x 1] y^T (12). Pixel column i spreads
+   to cells i0, i1 with weights 1 - fx, fx (a row of partial sums), row j to j0, j1 with 1 - fy, fy. */
+void grid_moments(const float* x, const float* y, int64_t nimg, int64_t h, int64_t w, int gh, int gw,
+                  const int32_t* j0, const int32_t* j1, const double* fy, const int32_t* i0, const int32_t* i1,
+                  const double* fx, double* stats, int nthreads) {
+    #pragma omp parallel for num_threads(nthreads) schedule(static)
+    for (int64_t bi = 0; bi < nimg; bi++) {
+        double* rb = malloc(sizeof(double) * gw * 28);
+        const float *xr = x + bi * 3 * h * w, *yr = y + bi * 3 * h * w;
+        double* st = stats + bi * gh * gw * 28;
+        for (int64_t yy = 0; yy < h; yy++) {
+            for (int k = 0; k < gw * 28; k++) rb[k] = 0.0;
+            for (int64_t i = 0; i < w; i++) {
+                int64_t q = yy * w + i;
+                double v[4] = {xr[q], xr[h * w + q], xr[2 * h * w + q], 1.0};
+                double o[3] = {yr[q], yr[h * w + q], yr[2 * h * w + q]};
+                double f[28];
+                for (int a = 0; a < 4; a++) {
+                    for (int b = 0; b < 4; b++) f[4 * a + b] = v[a] * v[b];
+                    for (int b = 0; b < 3; b++) f[16 + 3 * a + b] = v[a] * o[b];
+                }
+                double w1 = fx[i], w0 = 1.0 - w1;
+                double *r0 = rb + i0[i] * 28, *r1 = rb + i1[i] * 28;
+                for (int k = 0; k < 28; k++) { r0[k] += w0 * f[k]; r1[k] += w1 * f[k]; }
+            }
+            double t1 = fy[yy], t0 = 1.0 - t1;
+            double *s0 = st + (int64_t)j0[yy] * gw * 28, *s1 = st + (int64_t)j1[yy] * gw * 28;
+            for (int k = 0; k < gw * 28; k++) { s0[k] += t0 * rb[k]; s1[k] += t1 * rb[k]; }
+        }
+        free(rb);
+    }
+}
+
 /* Does this build have the 16-bit path (AVX-512 BW + VBMI)? */
 int has_fixed_point(void) {
 #ifdef HAVE_AVX512
@@ -502,6 +576,8 @@ def _build() -> ctypes.CDLL:
     lib.affine_grid_u8.argtypes = [ptr, ptr, i64, i64, i64, i32, ptr, i32, i32, ptr, ptr, ptr, ptr, ptr, i32, ptr, ptr,
                                    i32, i32]
     lib.has_fixed_point.restype = ctypes.c_int
+    lib.box_reduce_u8.argtypes = [ptr, ptr, i64, i64, i64, i32, i32, i32]
+    lib.grid_moments.argtypes = [ptr, ptr, i64, i64, i64, i32, i32, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i32]
     lib.lut3d_u8.argtypes = [ptr, ptr, i64, i64, i64, i32, ptr, i32, ptr, ptr, i32]
     return lib
 
@@ -578,6 +654,33 @@ def affine_grid_u8(x: torch.Tensor, grid: torch.Tensor, j0: torch.Tensor, j1: to
                         *map(_ptr, tables), kind, None if pre is None else _ptr(pre),
                         None if lut is None else _ptr(lut), int(fixed), torch.get_num_threads())
     return out
+
+
+def box_reduce_u8(x: torch.Tensor, k: int) -> torch.Tensor:
+    """x (B, 3, H, W) uint8 (HWC view or planar) -> (B, 3, ceil(H / k), ceil(W / k)) float32 in levels
+    0..255: the mean of each k x k block (the partial blocks at the right and bottom edges: the mean of
+    the pixels they have). One read of the photo; the working copy's first step at large sizes."""
+    if not 1 <= k <= 255:
+        raise ValueError(f"core/kernels.py: box factor k={k}; expected 1..255 (sums are 16-bit)")
+    x, planar = _layout(x)
+    b, _, h, w = x.shape
+    out = torch.empty(b, 3, -(-h // k), -(-w // k), dtype=torch.float32)
+    _lib.box_reduce_u8(_ptr(x), _ptr(out), b, h, w, planar, k, torch.get_num_threads())
+    return out
+
+
+def grid_moments(x: torch.Tensor, y: torch.Tensor, gh: int, gw: int, rows: tuple, cols: tuple) -> torch.Tensor:
+    """The grid fit's tent-weighted moments in one pass: x, y (B, 3, h, w) float; rows (j0, j1, fy) and
+    cols (i0, i1, fx), each pixel's two cells and the upper one's weight. Returns (B, gh, gw, 28)
+    float64: sum [x 1][x 1]^T (16) and [x 1] y^T (12) per cell (core/transfer.py fit_affine_grid)."""
+    x, y = x.float().contiguous(), y.float().contiguous()
+    b, _, h, w = x.shape
+    stats = torch.zeros(b, gh, gw, 28, dtype=torch.float64)
+    (j0, j1, fy), (i0, i1, fx) = rows, cols
+    tables = [j0.int(), j1.int(), fy.double(), i0.int(), i1.int(), fx.double()]
+    _lib.grid_moments(_ptr(x), _ptr(y), b, h, w, gh, gw, *[_ptr(t.contiguous()) for t in tables], _ptr(stats),
+                      torch.get_num_threads())
+    return stats
 
 
 FIXED_POINT_RANGE = 1000.0  # levels: the 16-bit path's sums stay within +-32000/16 for grids inside it

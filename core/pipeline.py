@@ -50,17 +50,36 @@ def photo_tensor(photos: np.ndarray) -> torch.Tensor:
     return (x[None] if x.ndim == 3 else x).permute(0, 3, 1, 2)
 
 
+REDUCING_GAP = 2.0  # box-reduce first while the rest of the downscale stays at least this factor
+
+
 def downscale_u8(x: torch.Tensor, size: tuple[int, int], exact: bool = False) -> torch.Tensor:
     """(B, 3, H, W) uint8 -> (B, 3, h, w) float in [0, 1] for size (h, w): antialiased bicubic,
-    as core.images.resize. On the CPU torch resamples uint8 directly (vectorised, one pass over the
-    photo, read in place from an HWC layout), rounding the result to uint8 levels (at most 0.72 of
-    a level from the float resize on the demo photos); `exact` resizes a float copy instead."""
-    if tuple(x.shape[-2:]) == tuple(size):
+    as core.images.resize. `exact` resizes a float copy of the photo (the float path's arithmetic).
+
+    Otherwise, on the CPU: when the photo is over 2 * REDUCING_GAP times the working size (a 24 MP
+    photo to 256 px: 23x), a C kernel first averages k x k blocks of the uint8 pixels (one read of
+    the photo, k = the largest factor that leaves a downscale of at least REDUCING_GAP), and the
+    antialiased bicubic runs on that small float image with the photo's own scale (so pixel
+    centres stay where they were); the approach of Pillow's `reducing_gap`. Smaller ratios: torch
+    resamples the uint8 pixels directly (rounded to uint8 levels: at most 0.72 of a level from the
+    float resize on the demo photos). On a GPU: the float resize."""
+    from core import kernels
+
+    h, w = size
+    if tuple(x.shape[-2:]) == (h, w):
         return x.float() / 255
     if exact:
         return F.interpolate(x.float() / 255, size=size, mode="bicubic", antialias=True,
                              align_corners=False).clamp_(0, 1)
     if x.device.type == "cpu":
+        k = int(min(x.shape[-2] / h, x.shape[-1] / w) / REDUCING_GAP)
+        if k >= 2 and kernels.available():
+            small = kernels.box_reduce_u8(x, min(k, 255))
+            scale = (h * k / x.shape[-2], w * k / x.shape[-1])  # the photo's scale, in reduced pixels
+            small = F.interpolate(small, scale_factor=scale, mode="bicubic", antialias=True, align_corners=False,
+                                  recompute_scale_factor=False)[..., :h, :w]
+            return small.div_(255).clamp_(0, 1)
         small = F.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False)
         return small.float() / 255
     small = F.interpolate(x.float(), size=size, mode="bicubic", antialias=True, align_corners=False)

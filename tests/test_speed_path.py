@@ -273,3 +273,43 @@ def test_fixed_point_kernel_equals_the_float_paths(monkeypatch):
             for out in (*fixed, floating, bands):
                 assert (out.float() - ref).abs().max() <= 1
             assert torch.equal(fixed[0], fixed[1].contiguous(memory_format=torch.channels_last))
+
+
+def test_box_reduction_and_the_working_copy_made_from_it():
+    """box_reduce_u8 is the mean of each k x k block (partial edge blocks: of the pixels they have), in
+    both layouts; a large photo's working copy made from it stays close to the float resize."""
+    if not kernels.available():
+        pytest.skip("no C compiler: the working copy is torch's resize")
+    import torch.nn.functional as F
+
+    from core.pipeline import downscale_u8
+
+    g = torch.Generator().manual_seed(5)
+    x = torch.randint(0, 256, (2, 3, 23, 31), dtype=torch.uint8, generator=g)
+    pad = (0, 1, 0, 1)  # to 24 x 32: whole blocks of 4 (the padding counts for nothing below)
+    sums = F.avg_pool2d(F.pad(x.float(), pad), 4, divisor_override=1)
+    counts = F.avg_pool2d(F.pad(torch.ones(1, 1, 23, 31), pad), 4, divisor_override=1)
+    for layout in (x, x.contiguous(memory_format=torch.channels_last)):
+        got = kernels.box_reduce_u8(layout, 4)
+        assert got.shape == (2, 3, 6, 8) and torch.allclose(got, sums / counts, atol=1e-4)
+    # a photo 12x the working size: box-reduced by 6, then the antialiased bicubic
+    photo = torch.from_numpy(demo_photo("astronaut")).permute(2, 0, 1)[None]
+    big = F.interpolate(photo.float(), scale_factor=6, mode="bilinear").round().to(torch.uint8)
+    big = big.contiguous(memory_format=torch.channels_last)
+    size = (big.shape[-2] // 12, big.shape[-1] // 12)
+    fast, exact = downscale_u8(big, size), downscale_u8(big, size, exact=True)
+    err = (fast - exact).abs() * 255
+    assert fast.shape == exact.shape and err.mean() < 0.5 and err.max() < 8
+
+
+def test_grid_moments_in_c_equal_the_einsum_fit(monkeypatch):
+    if not kernels.available():
+        pytest.skip("no C compiler: the fit is the einsum")
+    from core.transfer import fit_affine_grid
+
+    g = torch.Generator().manual_seed(6)
+    lo = torch.rand(2, 3, 40, 56, generator=g)
+    out = (lo ** 0.8 * torch.tensor([1.0, 0.9, 0.8]).view(1, 3, 1, 1) + 0.02 * torch.rand(2, 3, 40, 56, generator=g))
+    fast = fit_affine_grid(lo, out, (5, 7))
+    monkeypatch.setenv("ESTATE_EDIT_KERNELS", "0")
+    assert torch.allclose(fast, fit_affine_grid(lo, out, (5, 7)), atol=1e-5)
