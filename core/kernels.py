@@ -35,9 +35,9 @@ import torch
 SOURCE = r"""
 #include <stdint.h>
 #include <stdlib.h>
-#include <math.h>
 
 static inline float clamp255(float v) { v = v < 0.f ? 0.f : v; return v > 255.f ? 255.f : v; }
+static inline int16_t round16(float v) { return (int16_t)(v < 0.f ? v - 0.5f : v + 0.5f); }  /* half away from 0 */
 
 /* One cell span of a row: the coefficients are linear in x there, c = a + f * d. */
 static void span(float* restrict R, float* restrict G, float* restrict B, int64_t n,
@@ -171,6 +171,40 @@ static void pre_row(float* restrict R, float* restrict G, float* restrict B, int
    split RGB, the arithmetic is 16-wide, and a saturating narrow plus one permute interleave it back:
    no float buffers, so each pixel costs its arithmetic (about 30 multiply-adds with the curves). */
 #define HAVE_AVX512 1
+/* 16 pixels (n of them valid) in and out as three 16-byte channel vectors: interleaved RGB (cs = 1;
+   a masked 48-byte load and one byte permute) or planar (channel stride cs). */
+static const int8_t SPLIT16[64] = {
+    0, 3, 6, 9, 12, 15, 18, 21, 24, 27, 30, 33, 36, 39, 42, 45,
+    1, 4, 7, 10, 13, 16, 19, 22, 25, 28, 31, 34, 37, 40, 43, 46,
+    2, 5, 8, 11, 14, 17, 20, 23, 26, 29, 32, 35, 38, 41, 44, 47};
+static const int8_t MERGE16[64] = {
+    0, 16, 32, 1, 17, 33, 2, 18, 34, 3, 19, 35, 4, 20, 36, 5, 21, 37, 6, 22, 38, 7, 23, 39,
+    8, 24, 40, 9, 25, 41, 10, 26, 42, 11, 27, 43, 12, 28, 44, 13, 29, 45, 14, 30, 46, 15, 31, 47};
+
+static inline void load16(const uint8_t* p, int64_t i, int64_t n, int64_t cs, __m128i* r, __m128i* g, __m128i* b) {
+    if (cs == 1) {
+        __m512i v = _mm512_permutexvar_epi8(_mm512_loadu_si512(SPLIT16),
+                                            _mm512_maskz_loadu_epi8((__mmask64)((1ull << (3 * n)) - 1), p + 3 * i));
+        *r = _mm512_castsi512_si128(v); *g = _mm512_extracti32x4_epi32(v, 1); *b = _mm512_extracti32x4_epi32(v, 2);
+    } else {
+        __mmask16 m = (__mmask16)((1u << n) - 1);
+        *r = _mm_maskz_loadu_epi8(m, p + i); *g = _mm_maskz_loadu_epi8(m, p + i + cs);
+        *b = _mm_maskz_loadu_epi8(m, p + i + 2 * cs);
+    }
+}
+
+static inline void store16(uint8_t* o, int64_t i, int64_t n, int64_t cs, __m128i r, __m128i g, __m128i b) {
+    if (cs == 1) {
+        __m512i z = _mm512_inserti32x4(_mm512_inserti32x4(_mm512_castsi128_si512(r), g, 1), b, 2);
+        _mm512_mask_storeu_epi8(o + 3 * i, (__mmask64)((1ull << (3 * n)) - 1),
+                                _mm512_permutexvar_epi8(_mm512_loadu_si512(MERGE16), z));
+    } else {
+        __mmask16 m = (__mmask16)((1u << n) - 1);
+        _mm_mask_storeu_epi8(o + i, m, r); _mm_mask_storeu_epi8(o + i + cs, m, g);
+        _mm_mask_storeu_epi8(o + i + 2 * cs, m, b);
+    }
+}
+
 static inline __m512 u8_ps(__m128i v) { return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(v)); }
 static inline __m128i ps_u8(__m512 v) {  /* rounded to nearest (even), clamped to 0..255 */
     return _mm512_cvtusepi32_epi8(_mm512_cvtps_epi32(_mm512_max_ps(v, _mm512_setzero_ps())));
@@ -214,14 +248,6 @@ static inline void pre_block(__m512* r, __m512* g, __m512* b, int kind, const fl
 static void row_avx512(const uint8_t* restrict p, uint8_t* restrict o, int64_t w, int64_t cs,
                        const float* restrict row, int gw, const int32_t* restrict i0, const int64_t* restrict span_end,
                        const float* restrict fx, int kind, const float* restrict k) {
-    static const int8_t split_idx[64] = {
-        0, 3, 6, 9, 12, 15, 18, 21, 24, 27, 30, 33, 36, 39, 42, 45,
-        1, 4, 7, 10, 13, 16, 19, 22, 25, 28, 31, 34, 37, 40, 43, 46,
-        2, 5, 8, 11, 14, 17, 20, 23, 26, 29, 32, 35, 38, 41, 44, 47};
-    static const int8_t merge_idx[64] = {
-        0, 16, 32, 1, 17, 33, 2, 18, 34, 3, 19, 35, 4, 20, 36, 5, 21, 37, 6, 22, 38, 7, 23, 39,
-        8, 24, 40, 9, 25, 41, 10, 26, 42, 11, 27, 43, 12, 28, 44, 13, 29, 45, 14, 30, 46, 15, 31, 47};
-    const __m512i split = _mm512_loadu_si512(split_idx), merge = _mm512_loadu_si512(merge_idx);
     for (int64_t xs = 0; xs < w;) {
         int c = i0[xs], c1 = c + 1 < gw ? c + 1 : c;
         int64_t xe = span_end[xs];
@@ -230,18 +256,9 @@ static void row_avx512(const uint8_t* restrict p, uint8_t* restrict o, int64_t w
         for (int64_t i = xs; i < xe; i += 16) {
             int64_t n = xe - i < 16 ? xe - i : 16;
             __mmask16 m16 = (__mmask16)((1u << n) - 1);
-            __m512 r, g, b;
-            if (cs == 1) {
-                __mmask64 m48 = (__mmask64)((1ull << (3 * n)) - 1);
-                __m512i v = _mm512_permutexvar_epi8(split, _mm512_maskz_loadu_epi8(m48, p + 3 * i));
-                r = u8_ps(_mm512_castsi512_si128(v));
-                g = u8_ps(_mm512_extracti32x4_epi32(v, 1));
-                b = u8_ps(_mm512_extracti32x4_epi32(v, 2));
-            } else {
-                r = u8_ps(_mm_maskz_loadu_epi8(m16, p + i));
-                g = u8_ps(_mm_maskz_loadu_epi8(m16, p + i + cs));
-                b = u8_ps(_mm_maskz_loadu_epi8(m16, p + i + 2 * cs));
-            }
+            __m128i r8, g8, b8;
+            load16(p, i, n, cs, &r8, &g8, &b8);
+            __m512 r = u8_ps(r8), g = u8_ps(g8), b = u8_ps(b8);
             pre_block(&r, &g, &b, kind, k);
             __m512 f = _mm512_maskz_loadu_ps(m16, fx + i);
             /* (a + f d) . [r g b 1] = a . [r g b 1] + f (d . [r g b 1]) */
@@ -251,17 +268,7 @@ static void row_avx512(const uint8_t* restrict p, uint8_t* restrict o, int64_t w
             o0 = FMA(f, FMA(BC(d[0]), r, FMA(BC(d[1]), g, FMA(BC(d[2]), b, BC(d[3])))), o0);
             o1 = FMA(f, FMA(BC(d[4]), r, FMA(BC(d[5]), g, FMA(BC(d[6]), b, BC(d[7])))), o1);
             o2 = FMA(f, FMA(BC(d[8]), r, FMA(BC(d[9]), g, FMA(BC(d[10]), b, BC(d[11])))), o2);
-            __m128i R8 = ps_u8(o0), G8 = ps_u8(o1), B8 = ps_u8(o2);
-            if (cs == 1) {
-                __m512i z = _mm512_inserti32x4(_mm512_castsi128_si512(R8), G8, 1);
-                z = _mm512_inserti32x4(z, B8, 2);
-                _mm512_mask_storeu_epi8(o + 3 * i, (__mmask64)((1ull << (3 * n)) - 1),
-                                        _mm512_permutexvar_epi8(merge, z));
-            } else {
-                _mm_mask_storeu_epi8(o + i, m16, R8);
-                _mm_mask_storeu_epi8(o + i + cs, m16, G8);
-                _mm_mask_storeu_epi8(o + i + 2 * cs, m16, B8);
-            }
+            store16(o, i, n, cs, ps_u8(o0), ps_u8(o1), ps_u8(o2));
         }
         xs = xe;
     }
@@ -315,7 +322,7 @@ static void row_int16(const uint8_t* restrict p, uint8_t* restrict o, int64_t w,
         int16_t aq[12], dq[12];
         for (int ch = 0; ch < 3; ch++) for (int k = 0; k < 4; k++) {
             float a = row[c * 12 + 4 * ch + k], d = row[c1 * 12 + 4 * ch + k] - a, s = k < 3 ? 4096.f : 16.f;
-            aq[4 * ch + k] = (int16_t)lrintf(a * s); dq[4 * ch + k] = (int16_t)lrintf(d * s);
+            aq[4 * ch + k] = round16(a * s); dq[4 * ch + k] = round16(d * s);
         }
         for (int64_t i = xs; i < xe; i += 32) {
             int64_t n = xe - i < 32 ? xe - i : 32;
@@ -379,7 +386,7 @@ void affine_grid_u8(const uint8_t* x, uint8_t* out, int64_t nimg, int64_t h, int
                     const int16_t* tables, int fixed, int nthreads) {
     init_masks();
     int16_t* fq = malloc(sizeof(int16_t) * (w + 32));
-    for (int64_t i = 0; i < w; i++) { long v = lrintf(fx[i] * 32768.f); fq[i] = (int16_t)(v > 32767 ? 32767 : v); }
+    for (int64_t i = 0; i < w; i++) fq[i] = round16(fx[i] * 32768.f < 32767.f ? fx[i] * 32768.f : 32767.f);
     int64_t* span_end = malloc(sizeof(int64_t) * (w + 1));  /* where the run of pixels sharing pixel i's cell ends */
     for (int64_t i = w - 1; i >= 0; i--) span_end[i] = (i + 1 < w && i0[i + 1] == i0[i]) ? span_end[i + 1] : i + 1;
     #pragma omp parallel num_threads(nthreads)
@@ -424,7 +431,7 @@ void affine_grid_u8(const uint8_t* x, uint8_t* out, int64_t nimg, int64_t h, int
    in 16 bits (vectorised), then each run of k columns. */
 void box_reduce_u8(const uint8_t* x, float* out, int64_t nimg, int64_t h, int64_t w, int planar, int k,
                    int nthreads) {
-    int64_t ho = (h + k - 1) / k, wo = (w + k - 1) / k, cs = planar ? h * w : 1, ps = planar ? 1 : 3;
+    int64_t ho = (h + k - 1) / k, wo = (w + k - 1) / k, ps = planar ? 1 : 3;
     #pragma omp parallel num_threads(nthreads)
     {
         uint16_t* acc = malloc(sizeof(uint16_t) * 3 * w);
@@ -453,7 +460,6 @@ void box_reduce_u8(const uint8_t* x, float* out, int64_t nimg, int64_t h, int64_
             }
         }
         free(acc);
-        (void)cs;
     }
 }
 
@@ -492,6 +498,20 @@ void grid_moments(const float* x, const float* y, int64_t nimg, int64_t h, int64
     }
 }
 
+/* pack_lut_table's loop: n entries of 3 floats (levels) -> n int64 of three 21-bit fields. */
+void pack_lut(const float* restrict t, int64_t* restrict out, int64_t n, int nthreads) {
+    #pragma omp parallel for num_threads(nthreads) schedule(static)
+    for (int64_t i = 0; i < n; i++) {
+        int64_t v = 0;
+        for (int c = 0; c < 3; c++) {
+            float f = t[3 * i + c];
+            f = f < -256.f ? -256.f : (f > 767.99951171875f ? 767.99951171875f : f);
+            v |= (int64_t)((f + 256.f) * 2048.f + 0.5f) << (21 * c);  /* non-negative: rounds half up */
+        }
+        out[i] = v;
+    }
+}
+
 /* Does this build have the 16-bit path (AVX-512 BW + VBMI)? */
 int has_fixed_point(void) {
 #ifdef HAVE_AVX512
@@ -520,19 +540,69 @@ static void lut_row(const uint8_t* restrict p, uint8_t* restrict o, int64_t w, i
     }
 }
 
+#ifdef HAVE_AVX512
+/* The same look-up 16 pixels at a time from a packed table: packed (256, s, s) int64 holds each
+   entry's three channels as 21-bit fixed point, q = (v + 256) * 2048 (v in levels, -256..768), red in
+   bits 0-20, green 21-41, blue 42-62; so each (green, blue) corner is one 64-bit gather, not three. */
+static inline __m512 unpack21(__m512i lo, __m512i hi, int shift) {  /* 8 + 8 entries -> 16 floats */
+    const __m512i m = _mm512_set1_epi64((1ll << 21) - 1);
+    __m256 a = _mm512_cvtepi64_ps(_mm512_and_si512(_mm512_srli_epi64(lo, shift), m));
+    __m256 b = _mm512_cvtepi64_ps(_mm512_and_si512(_mm512_srli_epi64(hi, shift), m));
+    return _mm512_insertf32x8(_mm512_castps256_ps512(a), b, 1);
+}
+
+static void lut_row_packed(const uint8_t* restrict p, uint8_t* restrict o, int64_t w, int64_t cs,
+                           const int64_t* restrict tb, int s) {
+    const __m512 step = _mm512_set1_ps((float)(s - 1) / 255.f);
+    const __m512i top = _mm512_set1_epi32(s - 2), ss = _mm512_set1_epi32(s * s), sv = _mm512_set1_epi32(s);
+    const int offsets[4] = {0, 1, s, s + 1};  /* the (green, blue) corners */
+    for (int64_t i = 0; i < w; i += 16) {
+        int64_t n = w - i < 16 ? w - i : 16;
+        __mmask16 m16 = (__mmask16)((1u << n) - 1);
+        __m128i r8, g8, b8;
+        load16(p, i, n, cs, &r8, &g8, &b8);
+        __m512i r = _mm512_cvtepu8_epi32(r8), g = _mm512_cvtepu8_epi32(g8), b = _mm512_cvtepu8_epi32(b8);
+        __m512 gp = _mm512_mul_ps(_mm512_cvtepi32_ps(g), step), bp = _mm512_mul_ps(_mm512_cvtepi32_ps(b), step);
+        __m512i gi = _mm512_min_epi32(_mm512_cvttps_epi32(gp), top);
+        __m512i bi = _mm512_min_epi32(_mm512_cvttps_epi32(bp), top);
+        __m512 fg = _mm512_sub_ps(gp, _mm512_cvtepi32_ps(gi)), fb = _mm512_sub_ps(bp, _mm512_cvtepi32_ps(bi));
+        __m512i base = _mm512_add_epi32(_mm512_add_epi32(_mm512_mullo_epi32(r, ss), _mm512_mullo_epi32(gi, sv)), bi);
+        base = _mm512_maskz_mov_epi32(m16, base);  /* lanes past the row read entry 0 */
+        __m512 t[4][3];
+        for (int q = 0; q < 4; q++) {
+            __m512i idx = _mm512_add_epi32(base, _mm512_set1_epi32(offsets[q]));
+            __m512i lo = _mm512_i32gather_epi64(_mm512_castsi512_si256(idx), tb, 8);
+            __m512i hi = _mm512_i32gather_epi64(_mm512_extracti64x4_epi64(idx, 1), tb, 8);
+            for (int c = 0; c < 3; c++) t[q][c] = unpack21(lo, hi, 21 * c);
+        }
+        __m128i out8[3];
+        for (int c = 0; c < 3; c++) {
+            __m512 lo = _mm512_fmadd_ps(fb, _mm512_sub_ps(t[1][c], t[0][c]), t[0][c]);
+            __m512 hi = _mm512_fmadd_ps(fb, _mm512_sub_ps(t[3][c], t[2][c]), t[2][c]);
+            __m512 v = _mm512_fmadd_ps(fg, _mm512_sub_ps(hi, lo), lo);
+            out8[c] = ps_u8(_mm512_fmadd_ps(v, _mm512_set1_ps(1.f / 2048.f), _mm512_set1_ps(-256.f)));
+        }
+        store16(o, i, n, cs, out8[0], out8[1], out8[2]);
+    }
+}
+#endif
+
 void lut3d_u8(const uint8_t* x, uint8_t* out, int64_t nimg, int64_t h, int64_t w, int planar,
-              const float* table, int s, const int32_t* idx, const float* frac, int nthreads) {
+              const float* table, int s, const int32_t* idx, const float* frac, const int64_t* packed, int nthreads) {
     int64_t cs = planar ? h * w : 1, ps = planar ? 1 : 3;
     #pragma omp parallel for num_threads(nthreads) schedule(static)
     for (int64_t by = 0; by < nimg * h; by++) {
         int64_t bi = by / h, y = by % h;
         int64_t offset = planar ? bi * 3 * h * w + y * w : (bi * h + y) * w * 3;
+#ifdef HAVE_AVX512
+        if (packed) { lut_row_packed(x + offset, out + offset, w, cs, packed + bi * 256 * s * s, s); continue; }
+#endif
         if (planar) lut_row(x + offset, out + offset, w, 1, cs, table + bi * 256 * s * s * 3, s, idx, frac);
         else lut_row(x + offset, out + offset, w, 3, 1, table + bi * 256 * s * s * 3, s, idx, frac);
     }
 }
 """
-FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-lm"]
+FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
 _lib: ctypes.CDLL | None = None
 _tried = False
 
@@ -577,8 +647,9 @@ def _build() -> ctypes.CDLL:
                                    i32, i32]
     lib.has_fixed_point.restype = ctypes.c_int
     lib.box_reduce_u8.argtypes = [ptr, ptr, i64, i64, i64, i32, i32, i32]
+    lib.pack_lut.argtypes = [ptr, ptr, i64, i32]
     lib.grid_moments.argtypes = [ptr, ptr, i64, i64, i64, i32, i32, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i32]
-    lib.lut3d_u8.argtypes = [ptr, ptr, i64, i64, i64, i32, ptr, i32, ptr, ptr, i32]
+    lib.lut3d_u8.argtypes = [ptr, ptr, i64, i64, i64, i32, ptr, i32, ptr, ptr, ptr, i32]
     return lib
 
 
@@ -709,11 +780,26 @@ def curve_tables(curves: torch.Tensor) -> torch.Tensor:
 def lut3d_u8(x: torch.Tensor, table: torch.Tensor, idx: torch.Tensor, frac: torch.Tensor,
              out: torch.Tensor | None = None) -> torch.Tensor:
     """x (B, 3, H, W) uint8; table (B, 256, S, S, 3) float32 (the LUT at every red level, then green,
-    blue, channel, in units of 255); idx (256,) int32, frac (256,) float32. Returns uint8 (into `out`)."""
+    blue, channel, in units of 255); idx (256,) int32, frac (256,) float32. Returns uint8 (into `out`).
+    With AVX-512 the table is packed first (pack_lut_table: one 64-bit gather per corner)."""
     x, planar = _layout(x)
     out = _output(x, out)
     b, _, h, w = x.shape
     table = table.float().contiguous()
+    packed = pack_lut_table(table) if _lib.has_fixed_point() else None
     _lib.lut3d_u8(_ptr(x), _ptr(out), b, h, w, planar, _ptr(table), table.shape[2], _ptr(idx.contiguous()),
-                  _ptr(frac.contiguous()), torch.get_num_threads())
+                  _ptr(frac.contiguous()), None if packed is None else _ptr(packed), torch.get_num_threads())
+    return out
+
+
+def pack_lut_table(table: torch.Tensor) -> torch.Tensor:
+    """(B, 256, S, S, 3) float levels -> (B, 256, S, S) int64: each entry's channels as 21-bit fixed point,
+    q = (v + 256) * 2048 for v clamped to -256..768 (1/2048 of a level; a LUT entry further out is
+    clamped there, which changes no output unless the LUT maps far outside 0..255), red in the low
+    bits, then green, then blue."""
+    if not available():
+        raise RuntimeError("core/kernels.py: pack_lut_table needs the compiled kernels (see available())")
+    table = table.float().contiguous()
+    out = torch.empty(table.shape[:-1], dtype=torch.int64)
+    _lib.pack_lut(_ptr(table), _ptr(out), out.numel(), torch.get_num_threads())
     return out

@@ -53,9 +53,11 @@ def photo_tensor(photos: np.ndarray) -> torch.Tensor:
 REDUCING_GAP = 2.0  # box-reduce first while the rest of the downscale stays at least this factor
 
 
-def downscale_u8(x: torch.Tensor, size: tuple[int, int], exact: bool = False) -> torch.Tensor:
+def downscale_u8(x: torch.Tensor, size: tuple[int, int], exact: bool = False,
+                 mode: str = "bicubic") -> torch.Tensor:
     """(B, 3, H, W) uint8 -> (B, 3, h, w) float in [0, 1] for size (h, w): antialiased bicubic,
-    as core.images.resize. `exact` resizes a float copy of the photo (the float path's arithmetic).
+    as core.images.resize (`mode`: or "bilinear", the LUT's CNN copy). `exact` resizes a float copy
+    of the photo (the float path's arithmetic).
 
     Otherwise, on the CPU: when the photo is over 2 * REDUCING_GAP times the working size (a 24 MP
     photo to 256 px: 23x), a C kernel first averages k x k blocks of the uint8 pixels (one read of
@@ -70,19 +72,19 @@ def downscale_u8(x: torch.Tensor, size: tuple[int, int], exact: bool = False) ->
     if tuple(x.shape[-2:]) == (h, w):
         return x.float() / 255
     if exact:
-        return F.interpolate(x.float() / 255, size=size, mode="bicubic", antialias=True,
+        return F.interpolate(x.float() / 255, size=size, mode=mode, antialias=True,
                              align_corners=False).clamp_(0, 1)
     if x.device.type == "cpu":
         k = int(min(x.shape[-2] / h, x.shape[-1] / w) / REDUCING_GAP)
         if k >= 2 and kernels.available():
             small = kernels.box_reduce_u8(x, min(k, 255))
             scale = (h * k / x.shape[-2], w * k / x.shape[-1])  # the photo's scale, in reduced pixels
-            small = F.interpolate(small, scale_factor=scale, mode="bicubic", antialias=True, align_corners=False,
+            small = F.interpolate(small, scale_factor=scale, mode=mode, antialias=True, align_corners=False,
                                   recompute_scale_factor=False)[..., :h, :w]
             return small.div_(255).clamp_(0, 1)
-        small = F.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False)
+        small = F.interpolate(x, size=size, mode=mode, antialias=True, align_corners=False)
         return small.float() / 255
-    small = F.interpolate(x.float(), size=size, mode="bicubic", antialias=True, align_corners=False)
+    small = F.interpolate(x.float(), size=size, mode=mode, antialias=True, align_corners=False)
     return small.div_(255).clamp_(0, 1)
 
 

@@ -22,7 +22,7 @@ from torch import nn
 
 from core.images import to_numpy, to_tensor
 from core.models import ModelFolder, device_clock
-from core.pipeline import photo_tensor
+from core.pipeline import downscale_u8, photo_tensor
 
 BAND_PIXELS = 1 << 21  # pixels per grid_sample call at full resolution: ~50 MB of temporaries
 
@@ -201,13 +201,12 @@ class LUTPipeline:
     def edit_batch(self, x: torch.Tensor, lo: torch.Tensor | None = None, out: torch.Tensor | None = None
                    ) -> torch.Tensor:
         """The photo path, as EditPipeline.edit_batch: (B, 3, H, W) uint8 -> uint8 on self.device.
-        The CNN's copy is an antialiased bilinear downscale of the uint8 pixels (`lo` unused: the
-        CNN has its own size); the LUT is applied to the uint8 pixels in one pass."""
+        The CNN's copy is an antialiased bilinear downscale of the uint8 pixels (core.pipeline.downscale_u8;
+        `lo` unused: the CNN has its own size); the LUT is applied to the uint8 pixels in one pass."""
         t0 = self._now()
         x = x.to(self.device, non_blocking=True)
         size = (self.model.cnn_size, self.model.cnn_size)
-        small = F.interpolate(x if x.device.type == "cpu" else x.float(), size=size, mode="bilinear",
-                              align_corners=False, antialias=True).float() / 255
+        small = downscale_u8(x, size, mode="bilinear")
         t1 = self._now()
         lut, _ = self.model.mix(small)
         t2 = self._now()

@@ -313,3 +313,34 @@ def test_grid_moments_in_c_equal_the_einsum_fit(monkeypatch):
     fast = fit_affine_grid(lo, out, (5, 7))
     monkeypatch.setenv("ESTATE_EDIT_KERNELS", "0")
     assert torch.allclose(fast, fit_affine_grid(lo, out, (5, 7)), atol=1e-5)
+
+
+def test_the_portable_build_without_avx512_gives_the_same_photos(monkeypatch, tmp_path):
+    """Machines without AVX-512 get the plain C loops: same grid (plain, tone curves, cubic prior) and
+    LUT results within one level, same box reduction."""
+    if not kernels.available():
+        pytest.skip("no C compiler")
+    from core.prior import ColourPrior
+
+    g = torch.Generator().manual_seed(7)
+    prior = ColourPrior.fit([(x, (x ** 0.7).clamp(0, 1)) for x in [torch.rand(3, 24, 24, generator=g)]])
+    hwc = torch.randint(0, 256, (1, 19, 83, 3), dtype=torch.uint8, generator=g).permute(0, 3, 1, 2)
+    coeffs = torch.eye(3, 4).repeat(1, 3, 5, 1, 1) + 0.1 * torch.randn(1, 3, 5, 3, 4, generator=g)
+    lut = identity_lut(9)[None] ** 1.3
+
+    def photos():
+        grids = [apply_affine_grid_u8(x, coeffs, pre=pre) for x in (hwc, hwc.contiguous())
+                 for pre in (None, prior.tone_curves(), prior)]
+        return grids + [apply_lut(lut, hwc), apply_lut(lut, hwc.contiguous()), kernels.box_reduce_u8(hwc, 3)]
+
+    native = photos()
+    monkeypatch.setenv("ESTATE_EDIT_CACHE", str(tmp_path))
+    monkeypatch.setattr(kernels, "FLAGS", [f for f in kernels.FLAGS if f != "-march=native"] + ["-mno-avx512f"])
+    monkeypatch.setattr(kernels, "_tried", False)
+    monkeypatch.setattr(kernels, "_lib", None)
+    if not kernels.available() or kernels._lib.has_fixed_point():
+        pytest.skip("this compiler cannot build without AVX-512 here")
+    portable = photos()
+    for a, b in zip(native[:-1], portable[:-1]):
+        assert (a.int() - b.int()).abs().max() <= 1
+    assert torch.allclose(native[-1], portable[-1])
