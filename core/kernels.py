@@ -3,7 +3,7 @@
     from core import kernels
     if kernels.available():                       # compiled once per machine, then cached
         kernels.affine_grid_u8(x, grid, ...)      # core/transfer.py: apply_affine_grid_u8 (tone curves first)
-        kernels.lut3d_u8(x, table, ...)           # lut/model.py: apply_lut on uint8 photos
+        kernels.lut3d_u8(x, lut)                  # lut/model.py: apply_lut on uint8 photos
 
 Why C: at 24 MP each of these loops does 20-30 operations per pixel. In eager PyTorch every
 operation is a pass over memory (the affine grid cost 280 ms, the LUT's grid_sample 1.2 s); one
@@ -427,35 +427,43 @@ void affine_grid_u8(const uint8_t* x, uint8_t* out, int64_t nimg, int64_t h, int
 
 /* Box reduction by k (the working copy's first step at large sizes): out (nimg, 3, ceil(h / k),
    ceil(w / k)) float, each the mean of its k x k block of uint8 pixels (a partial block at the right
-   or bottom edge: the mean of the pixels it has), in levels 0..255. The k rows of a block are summed
-   in 16 bits (vectorised), then each run of k columns. */
+   or bottom edge: the mean of the pixels it has), in levels 0..255. Per block row and per chunk of
+   columns that stays in L1 (a multiple of k pixels): the k rows are summed in 16 bits (vectorised),
+   then each run of k pixels. */
 void box_reduce_u8(const uint8_t* x, float* out, int64_t nimg, int64_t h, int64_t w, int planar, int k,
                    int nthreads) {
-    int64_t ho = (h + k - 1) / k, wo = (w + k - 1) / k, ps = planar ? 1 : 3;
+    int64_t ho = (h + k - 1) / k, wo = (w + k - 1) / k;
+    int64_t chunk = (4096 / k > 0 ? 4096 / k : 1) * k;  /* pixels: 3 x 4096 16-bit sums at most, 24 KB */
     #pragma omp parallel num_threads(nthreads)
     {
-        uint16_t* acc = malloc(sizeof(uint16_t) * 3 * w);
+        uint16_t* acc = malloc(sizeof(uint16_t) * 3 * chunk);
         #pragma omp for schedule(static)
         for (int64_t by = 0; by < nimg * ho; by++) {
             int64_t bi = by / ho, yo = by % ho, y0 = yo * k, y1 = y0 + k < h ? y0 + k : h;
-            for (int c = 0; c < 3; c++) {
-                uint16_t* restrict a = acc + (planar ? c * w : 0);
-                if (!planar && c > 0) break;  /* interleaved: one pass sums all three channels */
-                int64_t n = planar ? w : 3 * w;
-                for (int64_t i = 0; i < n; i++) a[i] = 0;
-                for (int64_t y = y0; y < y1; y++) {
-                    const uint8_t* restrict p = x + (planar ? (bi * 3 + c) * h * w + y * w : (bi * h + y) * w * 3);
-                    for (int64_t i = 0; i < n; i++) a[i] = (uint16_t)(a[i] + p[i]);
+            for (int64_t c0 = 0; c0 < w; c0 += chunk) {
+                int64_t c1 = c0 + chunk < w ? c0 + chunk : w;
+                for (int c = 0; c < (planar ? 3 : 1); c++) {  /* interleaved: one pass sums all three channels */
+                    uint16_t* restrict a = acc + (planar ? c * chunk : 0);
+                    int64_t n = planar ? c1 - c0 : 3 * (c1 - c0);
+                    for (int64_t i = 0; i < n; i++) a[i] = 0;
+                    for (int64_t y = y0; y < y1; y++) {
+                        const uint8_t* restrict p =
+                            x + (planar ? ((bi * 3 + c) * h + y) * w + c0 : ((bi * h + y) * w + c0) * 3);
+                        for (int64_t i = 0; i < n; i++) a[i] = (uint16_t)(a[i] + p[i]);
+                    }
                 }
-            }
-            for (int c = 0; c < 3; c++) {
-                float* o = out + ((bi * 3 + c) * ho + yo) * wo;
-                const uint16_t* a = planar ? acc + c * w : acc + c;
-                for (int64_t xo = 0; xo < wo; xo++) {
-                    int64_t x0 = xo * k, x1 = x0 + k < w ? x0 + k : w;
-                    uint32_t s = 0;
-                    for (int64_t xx = x0; xx < x1; xx++) s += a[xx * ps];
-                    o[xo] = (float)s / (float)((x1 - x0) * (y1 - y0));
+                for (int64_t xo = c0 / k; xo * k < c1; xo++) {
+                    int64_t x0 = xo * k - c0, x1 = (xo + 1) * k < c1 ? (xo + 1) * k - c0 : c1 - c0;
+                    uint32_t s[3] = {0, 0, 0};
+                    if (planar) {
+                        for (int c = 0; c < 3; c++) for (int64_t i = x0; i < x1; i++) s[c] += acc[c * chunk + i];
+                    } else {
+                        for (int64_t i = x0; i < x1; i++) {
+                            s[0] += acc[3 * i]; s[1] += acc[3 * i + 1]; s[2] += acc[3 * i + 2];
+                        }
+                    }
+                    float inv = 1.f / (float)((x1 - x0) * (y1 - y0));
+                    for (int c = 0; c < 3; c++) out[((bi * 3 + c) * ho + yo) * wo + xo] = (float)s[c] * inv;
                 }
             }
         }
@@ -498,17 +506,45 @@ void grid_moments(const float* x, const float* y, int64_t nimg, int64_t h, int64
     }
 }
 
-/* pack_lut_table's loop: n entries of 3 floats (levels) -> n int64 of three 21-bit fields. */
-void pack_lut(const float* restrict t, int64_t* restrict out, int64_t n, int nthreads) {
-    #pragma omp parallel for num_threads(nthreads) schedule(static)
-    for (int64_t i = 0; i < n; i++) {
-        int64_t v = 0;
-        for (int c = 0; c < 3; c++) {
-            float f = t[3 * i + c];
-            f = f < -256.f ? -256.f : (f > 767.99951171875f ? 767.99951171875f : f);
-            v |= (int64_t)((f + 256.f) * 2048.f + 0.5f) << (21 * c);  /* non-negative: rounds half up */
+/* The packed table of the AVX-512 look-up, straight from the LUT: lut (nimg, 3, s, s, s) in levels,
+   indexed [channel][blue][green][red]; out (nimg, 256, s, s - 1) int64: at each of the 256 red levels
+   (cell idx, weight frac) and green entry, blue entries j and j + 1 side by side, each 32 bits: red
+   and green 11 bits (q = (v + 64) * 16 / 3, a step of 3/16 of a level), blue 10 bits
+   (q = (v + 64) * 8 / 3), v clamped to -64..320 levels. */
+static inline uint32_t pack_entry(const float* t) {
+    const float scale[3] = {16.f / 3.f, 16.f / 3.f, 8.f / 3.f}, top[3] = {2047.f, 2047.f, 1023.f};
+    uint32_t v = 0;
+    for (int c = 0; c < 3; c++) {
+        float q = (t[c] + 64.f) * scale[c] + 0.5f;  /* truncation below rounds half up */
+        q = q < 0.f ? 0.f : (q > top[c] ? top[c] : q);
+        v |= (uint32_t)q << (11 * c);
+    }
+    return v;
+}
+
+void pack_lut(const float* restrict lut, int64_t nimg, int s, const int32_t* restrict idx,
+              const float* restrict frac, int64_t* restrict out, int nthreads) {
+    int64_t s2 = (int64_t)s * s, s3 = s2 * s;
+    #pragma omp parallel num_threads(nthreads)
+    {
+        float* e = malloc(sizeof(float) * 3 * s);
+        #pragma omp for schedule(static)
+        for (int64_t iv = 0; iv < nimg * 256; iv++) {
+            int64_t bi = iv / 256;
+            int v = (int)(iv % 256), r0 = idx[v];
+            float f = frac[v];
+            for (int gi = 0; gi < s; gi++) {
+                for (int bj = 0; bj < s; bj++)
+                    for (int c = 0; c < 3; c++) {
+                        const float* t = lut + (bi * 3 + c) * s3 + bj * s2 + (int64_t)gi * s + r0;
+                        e[3 * bj + c] = t[0] + f * (t[1] - t[0]);
+                    }
+                int64_t* o = out + (iv * s + gi) * (s - 1);
+                for (int bj = 0; bj + 1 < s; bj++)
+                    o[bj] = (int64_t)pack_entry(e + 3 * bj) | ((int64_t)pack_entry(e + 3 * bj + 3) << 32);
+            }
         }
-        out[i] = v;
+        free(e);
     }
 }
 
@@ -541,21 +577,18 @@ static void lut_row(const uint8_t* restrict p, uint8_t* restrict o, int64_t w, i
 }
 
 #ifdef HAVE_AVX512
-/* The same look-up 16 pixels at a time from a packed table: packed (256, s, s) int64 holds each
-   entry's three channels as 21-bit fixed point, q = (v + 256) * 2048 (v in levels, -256..768), red in
-   bits 0-20, green 21-41, blue 42-62; so each (green, blue) corner is one 64-bit gather, not three. */
-static inline __m512 unpack21(__m512i lo, __m512i hi, int shift) {  /* 8 + 8 entries -> 16 floats */
-    const __m512i m = _mm512_set1_epi64((1ll << 21) - 1);
-    __m256 a = _mm512_cvtepi64_ps(_mm512_and_si512(_mm512_srli_epi64(lo, shift), m));
-    __m256 b = _mm512_cvtepi64_ps(_mm512_and_si512(_mm512_srli_epi64(hi, shift), m));
-    return _mm512_insertf32x8(_mm512_castps256_ps512(a), b, 1);
-}
-
+/* The same look-up 16 pixels at a time from the packed table (pack_lut): one 64-bit gather brings
+   both blue neighbours of a (red level, green cell) row, so a pixel costs two gathered words, not
+   twelve floats; the interpolation runs on the fixed-point values, scaled back at the end. */
 static void lut_row_packed(const uint8_t* restrict p, uint8_t* restrict o, int64_t w, int64_t cs,
                            const int64_t* restrict tb, int s) {
+    static const int32_t even_idx[16] = {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30};
+    const __m512i even = _mm512_loadu_si512(even_idx), odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
     const __m512 step = _mm512_set1_ps((float)(s - 1) / 255.f);
-    const __m512i top = _mm512_set1_epi32(s - 2), ss = _mm512_set1_epi32(s * s), sv = _mm512_set1_epi32(s);
-    const int offsets[4] = {0, 1, s, s + 1};  /* the (green, blue) corners */
+    const __m512i top = _mm512_set1_epi32(s - 2), row = _mm512_set1_epi32(s - 1);
+    const __m512i plane = _mm512_set1_epi32(s * (s - 1));
+    const __m512i m11 = _mm512_set1_epi32(2047), m10 = _mm512_set1_epi32(1023);
+    const float back[3] = {3.f / 16.f, 3.f / 16.f, 3.f / 8.f};
     for (int64_t i = 0; i < w; i += 16) {
         int64_t n = w - i < 16 ? w - i : 16;
         __mmask16 m16 = (__mmask16)((1u << n) - 1);
@@ -566,21 +599,26 @@ static void lut_row_packed(const uint8_t* restrict p, uint8_t* restrict o, int64
         __m512i gi = _mm512_min_epi32(_mm512_cvttps_epi32(gp), top);
         __m512i bi = _mm512_min_epi32(_mm512_cvttps_epi32(bp), top);
         __m512 fg = _mm512_sub_ps(gp, _mm512_cvtepi32_ps(gi)), fb = _mm512_sub_ps(bp, _mm512_cvtepi32_ps(bi));
-        __m512i base = _mm512_add_epi32(_mm512_add_epi32(_mm512_mullo_epi32(r, ss), _mm512_mullo_epi32(gi, sv)), bi);
+        __m512i base = _mm512_add_epi32(_mm512_mullo_epi32(r, plane),
+                                        _mm512_add_epi32(_mm512_mullo_epi32(gi, row), bi));
         base = _mm512_maskz_mov_epi32(m16, base);  /* lanes past the row read entry 0 */
-        __m512 t[4][3];
-        for (int q = 0; q < 4; q++) {
-            __m512i idx = _mm512_add_epi32(base, _mm512_set1_epi32(offsets[q]));
+        __m512 v[2][3];
+        for (int q = 0; q < 2; q++) {  /* green cell gi, then gi + 1 */
+            __m512i idx = q ? _mm512_add_epi32(base, row) : base;
             __m512i lo = _mm512_i32gather_epi64(_mm512_castsi512_si256(idx), tb, 8);
             __m512i hi = _mm512_i32gather_epi64(_mm512_extracti64x4_epi64(idx, 1), tb, 8);
-            for (int c = 0; c < 3; c++) t[q][c] = unpack21(lo, hi, 21 * c);
+            __m512i e0 = _mm512_permutex2var_epi32(lo, even, hi), e1 = _mm512_permutex2var_epi32(lo, odd, hi);
+            for (int c = 0; c < 3; c++) {
+                __m512i mask = c < 2 ? m11 : m10;
+                __m512 a = _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srli_epi32(e0, 11 * c), mask));
+                __m512 z = _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srli_epi32(e1, 11 * c), mask));
+                v[q][c] = _mm512_fmadd_ps(fb, _mm512_sub_ps(z, a), a);
+            }
         }
         __m128i out8[3];
         for (int c = 0; c < 3; c++) {
-            __m512 lo = _mm512_fmadd_ps(fb, _mm512_sub_ps(t[1][c], t[0][c]), t[0][c]);
-            __m512 hi = _mm512_fmadd_ps(fb, _mm512_sub_ps(t[3][c], t[2][c]), t[2][c]);
-            __m512 v = _mm512_fmadd_ps(fg, _mm512_sub_ps(hi, lo), lo);
-            out8[c] = ps_u8(_mm512_fmadd_ps(v, _mm512_set1_ps(1.f / 2048.f), _mm512_set1_ps(-256.f)));
+            __m512 q = _mm512_fmadd_ps(fg, _mm512_sub_ps(v[1][c], v[0][c]), v[0][c]);
+            out8[c] = ps_u8(_mm512_fmadd_ps(q, _mm512_set1_ps(back[c]), _mm512_set1_ps(-64.f)));
         }
         store16(o, i, n, cs, out8[0], out8[1], out8[2]);
     }
@@ -595,7 +633,10 @@ void lut3d_u8(const uint8_t* x, uint8_t* out, int64_t nimg, int64_t h, int64_t w
         int64_t bi = by / h, y = by % h;
         int64_t offset = planar ? bi * 3 * h * w + y * w : (bi * h + y) * w * 3;
 #ifdef HAVE_AVX512
-        if (packed) { lut_row_packed(x + offset, out + offset, w, cs, packed + bi * 256 * s * s, s); continue; }
+        if (packed) {
+            lut_row_packed(x + offset, out + offset, w, cs, packed + bi * 256 * s * (s - 1), s);
+            continue;
+        }
 #endif
         if (planar) lut_row(x + offset, out + offset, w, 1, cs, table + bi * 256 * s * s * 3, s, idx, frac);
         else lut_row(x + offset, out + offset, w, 3, 1, table + bi * 256 * s * s * 3, s, idx, frac);
@@ -647,7 +688,7 @@ def _build() -> ctypes.CDLL:
                                    i32, i32]
     lib.has_fixed_point.restype = ctypes.c_int
     lib.box_reduce_u8.argtypes = [ptr, ptr, i64, i64, i64, i32, i32, i32]
-    lib.pack_lut.argtypes = [ptr, ptr, i64, i32]
+    lib.pack_lut.argtypes = [ptr, i64, i32, ptr, ptr, ptr, i32]
     lib.grid_moments.argtypes = [ptr, ptr, i64, i64, i64, i32, i32, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i32]
     lib.lut3d_u8.argtypes = [ptr, ptr, i64, i64, i64, i32, ptr, i32, ptr, ptr, ptr, i32]
     return lib
@@ -748,8 +789,8 @@ def grid_moments(x: torch.Tensor, y: torch.Tensor, gh: int, gw: int, rows: tuple
     b, _, h, w = x.shape
     stats = torch.zeros(b, gh, gw, 28, dtype=torch.float64)
     (j0, j1, fy), (i0, i1, fx) = rows, cols
-    tables = [j0.int(), j1.int(), fy.double(), i0.int(), i1.int(), fx.double()]
-    _lib.grid_moments(_ptr(x), _ptr(y), b, h, w, gh, gw, *[_ptr(t.contiguous()) for t in tables], _ptr(stats),
+    tables = [t.contiguous() for t in (j0.int(), j1.int(), fy.double(), i0.int(), i1.int(), fx.double())]
+    _lib.grid_moments(_ptr(x), _ptr(y), b, h, w, gh, gw, *map(_ptr, tables), _ptr(stats),
                       torch.get_num_threads())
     return stats
 
@@ -777,29 +818,38 @@ def curve_tables(curves: torch.Tensor) -> torch.Tensor:
     return (out.clamp(0, 255) * 128).round().to(torch.int16).T.contiguous()
 
 
-def lut3d_u8(x: torch.Tensor, table: torch.Tensor, idx: torch.Tensor, frac: torch.Tensor,
-             out: torch.Tensor | None = None) -> torch.Tensor:
-    """x (B, 3, H, W) uint8; table (B, 256, S, S, 3) float32 (the LUT at every red level, then green,
-    blue, channel, in units of 255); idx (256,) int32, frac (256,) float32. Returns uint8 (into `out`).
-    With AVX-512 the table is packed first (pack_lut_table: one 64-bit gather per corner)."""
+def lut_levels(size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where the 256 uint8 levels fall on a LUT axis of `size` entries (align_corners=True, as
+    grid_sample): the cell (int64, at most size - 2) and the weight of its upper neighbour (float32)."""
+    pos = torch.arange(256, dtype=torch.float64) * (size - 1) / 255
+    idx = pos.floor().clamp(max=size - 2)
+    return idx.long(), (pos - idx).float()
+
+
+def lut3d_u8(x: torch.Tensor, lut: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """x (B, 3, H, W) uint8 through per-image trilinear LUTs lut (B, 3, S, S, S) (outputs in [0, 1],
+    indexed [channel][blue][green][red], as grid_sample reads them). Returns uint8 (into `out`).
+    With AVX-512: the LUT at the 256 red levels packed in one C pass (pack_lut: blue neighbours side by
+    side in 32-bit fixed point, each corner within 0.19 of a level; entries clamped to -64..320 levels,
+    which changes no output unless the LUT maps that far outside 0..255), two 64-bit gathers a pixel.
+    Otherwise the LUT interpolated at the 256 red levels in float and a plain C loop."""
     x, planar = _layout(x)
     out = _output(x, out)
     b, _, h, w = x.shape
-    table = table.float().contiguous()
-    packed = pack_lut_table(table) if _lib.has_fixed_point() else None
-    _lib.lut3d_u8(_ptr(x), _ptr(out), b, h, w, planar, _ptr(table), table.shape[2], _ptr(idx.contiguous()),
-                  _ptr(frac.contiguous()), None if packed is None else _ptr(packed), torch.get_num_threads())
-    return out
-
-
-def pack_lut_table(table: torch.Tensor) -> torch.Tensor:
-    """(B, 256, S, S, 3) float levels -> (B, 256, S, S) int64: each entry's channels as 21-bit fixed point,
-    q = (v + 256) * 2048 for v clamped to -256..768 (1/2048 of a level; a LUT entry further out is
-    clamped there, which changes no output unless the LUT maps far outside 0..255), red in the low
-    bits, then green, then blue."""
-    if not available():
-        raise RuntimeError("core/kernels.py: pack_lut_table needs the compiled kernels (see available())")
-    table = table.float().contiguous()
-    out = torch.empty(table.shape[:-1], dtype=torch.int64)
-    _lib.pack_lut(_ptr(table), _ptr(out), out.numel(), torch.get_num_threads())
+    s = lut.shape[-1]
+    if lut.shape != (b, 3, s, s, s):
+        raise ValueError(f"core/kernels.py: lut has shape {tuple(lut.shape)}; expected ({b}, 3, S, S, S)")
+    idx, frac = lut_levels(s)
+    idx = idx.int()  # kept in names: a temporary's memory could be freed before the call reads it
+    levels = (lut.detach().to("cpu", torch.float32) * 255).contiguous()
+    if _lib.has_fixed_point():
+        table = None
+        packed = torch.empty(b, 256, s, s - 1, dtype=torch.int64)
+        _lib.pack_lut(_ptr(levels), b, s, _ptr(idx), _ptr(frac), _ptr(packed), torch.get_num_threads())
+    else:
+        packed = None
+        red = torch.lerp(levels[..., idx], levels[..., idx + 1], frac)               # (B, 3, S_b, S_g, 256)
+        table = red.permute(0, 4, 3, 2, 1).contiguous()                              # (B, 256, S_g, S_b, 3)
+    _lib.lut3d_u8(_ptr(x), _ptr(out), b, h, w, planar, None if table is None else _ptr(table), s,
+                  _ptr(idx), _ptr(frac), None if packed is None else _ptr(packed), torch.get_num_threads())
     return out

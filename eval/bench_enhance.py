@@ -98,8 +98,10 @@ def model_row(path: str, device) -> tuple[str, object]:
 def time_path_and_copy(pipe, photos: list[Path], device, repeats: int) -> dict:
     """p50 ms of pipe.edit_batch (uint8 on the device in and out), of one uint8 copy of the photo,
     and of the float path that enhance ran before the uint8 one (the photo as float32, the
-    float pipeline, back to uint8: `before_ms`), alternated photo by photo so all see the same machine."""
-    path_ms, copy_ms, before_ms, parts = [], [], [], []
+    float pipeline, back to uint8: `before_ms`), alternated photo by photo so all see the same machine;
+    and how far the uint8 path's photo is from the float path's (largest difference in levels, and the
+    share of values more than one level apart)."""
+    path_ms, copy_ms, before_ms, parts, levels, over_one = [], [], [], [], [], []
     for src in photos:
         px, _ = load_photo(src)
         x = torch.from_numpy(px).permute(2, 0, 1)[None].to(device)
@@ -118,14 +120,18 @@ def time_path_and_copy(pipe, photos: list[Path], device, repeats: int) -> dict:
             path_ms.append((t2 - t1) * 1e3)
             parts.append(dict(pipe.timings))
         t0 = time.perf_counter()
-        np.round(pipe(px.astype(np.float32) / 255) * 255).astype(np.uint8)
+        ref = np.round(pipe(px.astype(np.float32) / 255) * 255).astype(np.uint8)
         before_ms.append((time.perf_counter() - t0) * 1e3)
+        diff = np.abs(out[0].permute(1, 2, 0).cpu().numpy().astype(np.int16) - ref)
+        levels.append(int(diff.max()))
+        over_one.append(float((diff > 1).mean()))
     keys = parts[0].keys()
     best = int(np.argmin(path_ms))  # the least disturbed round: on a shared machine p50 carries the others' load
     return {"path_ms": float(np.median(path_ms)), "copy_ms": float(np.median(copy_ms)),
             "ratio": float(np.median(path_ms) / np.median(copy_ms)), "before_ms": float(np.median(before_ms)),
             "path_best_ms": min(path_ms), "copy_best_ms": min(copy_ms), "ratio_best": min(path_ms) / min(copy_ms),
-            "before_best_ms": min(before_ms),
+            "before_best_ms": min(before_ms), "max_levels_from_float": max(levels),
+            "share_over_one_level": float(np.mean(over_one)),
             "parts_ms": {k: float(np.median([p[k] for p in parts])) for k in keys},
             "parts_best_ms": parts[best]}
 
@@ -177,6 +183,8 @@ def main(argv=None) -> dict:
                      f"{alone['before_ms']:>8.0f}"]
             print(f"{name:<30} {' '.join(cells)}", flush=True)
             print(f"{'':<30}   alone, p50: " + ", ".join(f"{k} {v:.1f}" for k, v in alone["parts_ms"].items()))
+            print(f"{'':<30}   uint8 path vs float path: at most {alone['max_levels_from_float']} levels, "
+                  f"{100 * alone['share_over_one_level']:.3f}% of values more than 1 level apart")
             print(f"{'':<30}   best round: path {alone['path_best_ms']:.1f} ms, copy {alone['copy_best_ms']:.1f} ms, "
                   f"ratio {alone['ratio_best']:.1f}x, before {alone['before_best_ms']:.0f} ms; "
                   + ", ".join(f"{k} {v:.1f}" for k, v in alone["parts_best_ms"].items()))

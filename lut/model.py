@@ -43,25 +43,13 @@ def _sample(lut: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return out.squeeze(2)
 
 
-def lut_levels(size: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Where the 256 uint8 levels fall on a LUT axis of `size` entries (align_corners=True, as
-    `_sample`): the cell (int64, at most size - 2) and the weight of its upper neighbour (float32)."""
-    pos = torch.arange(256, dtype=torch.float64, device=device) * (size - 1) / 255
-    idx = pos.floor().clamp(max=size - 2)
-    return idx.long(), (pos - idx).float()
-
-
 def _apply_lut_u8(lut: torch.Tensor, x: torch.Tensor, band_pixels: int, out: torch.Tensor | None) -> torch.Tensor:
     """uint8 pixels through the trilinear LUT, rounded to uint8: on the CPU one C loop
     (core/kernels.py) that reads the LUT pre-interpolated at the 256 red levels, elsewhere `_sample`."""
     from core import kernels
 
-    size = lut.shape[-1]
     if x.device.type == "cpu" and kernels.available():
-        idx, frac = lut_levels(size)
-        red = torch.lerp(lut[..., idx].float(), lut[..., idx + 1].float(), frac)   # (B, 3, S_b, S_g, 256)
-        table = (red * 255).permute(0, 4, 3, 2, 1)                                  # (B, 256, S_g, S_b, 3)
-        return kernels.lut3d_u8(x, table, idx.int(), frac, out)
+        return kernels.lut3d_u8(x, lut, out)
     b, _, h, w = x.shape
     out = torch.empty_like(x) if out is None else out
     rows = max(1, band_pixels // max(1, b * w))

@@ -222,6 +222,7 @@ def test_bench_enhance_reports_photos_per_s_parts_and_the_copy_ratio(tmp_path):
         assert row["photos_per_s"] > 0 and row["path_ms"] > 0 and row["copy_ms"] > 0 and row["before_ms"] > 0
         assert row["ratio"] == pytest.approx(row["path_ms"] / row["copy_ms"])
         assert set(row["enhance_ms_per_photo"]) == {"decode", "working_copy", "model", "transfer", "encode"}
+        assert row["max_levels_from_float"] <= 3 and row["share_over_one_level"] < 0.01
     assert res["lut_over_student"] > 0 and json.loads((tmp_path / "b.json").read_text())["n"] == 2
 
 
