@@ -78,7 +78,7 @@ def demo_rows(cfg, device) -> list[tuple[str, object]]:
         student.net.conv_out.weight.normal_(0, 1e-3)
     manifest = {"kind": "student", **serving_manifest(cfg, asdict(cfg.codec))}
     prior = None
-    if cfg.prior.kind == "curve":  # as trained: the curve on every full-size pixel, the residual through the grid
+    if cfg.prior.kind == "curve":  # as trained: its tone curves on every full-size pixel, the rest through the grid
         x = torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(0))
         prior = ColourPrior.fit([(x, x ** 0.8)], cfg.prior.ridge).to(device)
     model = LoadedModel(net=student.to(device), manifest=manifest, codec=codec, device=torch.device(device),
