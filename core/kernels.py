@@ -301,19 +301,28 @@ static inline __m512i affine3_epi16(__m512i t0, __m512i t1, __m512i t2, const in
 static void row_int16(const uint8_t* restrict p, uint8_t* restrict o, int64_t w, int64_t cs,
                       const float* restrict row, int gw, const int32_t* restrict i0, const int64_t* restrict span_end,
                       const int16_t* restrict fq, const int16_t* restrict tables) {
-    static int8_t split_rg[64], split_b[64], merge_lo[64], merge_hi[64];
-    static int ready = 0;
-    if (!ready) {  /* byte indices into (first 64 bytes, next 64): pixel j, channel c is byte 3 j + c */
-        for (int j = 0; j < 32; j++) {
-            split_rg[j] = 3 * j; split_rg[32 + j] = 3 * j + 1; split_b[j] = 3 * j + 2; split_b[32 + j] = 0;
-        }
-        for (int q = 0; q < 96; q++) {  /* output byte q from (R | G, B): R j at j, G j at 32 + j, B j at 64 + j */
-            int j = q / 3, c = q % 3, src = c == 2 ? 64 + j : 32 * c + j;
-            if (q < 64) merge_lo[q] = src; else merge_hi[q - 64] = src;
-        }
-        for (int q = 32; q < 64; q++) merge_hi[q] = 0;
-        ready = 1;
-    }
+    /* byte indices into (first 64 bytes, next 64) of 32 RGB pixels: pixel j, channel c is byte 3 j + c;
+       out of (R | G, B): R j at j, G j at 32 + j, B j at 64 + j (constants: rows run on many threads) */
+    static const int8_t split_rg[64] = {
+        0, 3, 6, 9, 12, 15, 18, 21, 24, 27, 30, 33, 36, 39, 42, 45,
+        48, 51, 54, 57, 60, 63, 66, 69, 72, 75, 78, 81, 84, 87, 90, 93,
+        1, 4, 7, 10, 13, 16, 19, 22, 25, 28, 31, 34, 37, 40, 43, 46,
+        49, 52, 55, 58, 61, 64, 67, 70, 73, 76, 79, 82, 85, 88, 91, 94};
+    static const int8_t split_b[64] = {
+        2, 5, 8, 11, 14, 17, 20, 23, 26, 29, 32, 35, 38, 41, 44, 47,
+        50, 53, 56, 59, 62, 65, 68, 71, 74, 77, 80, 83, 86, 89, 92, 95,
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+    static const int8_t merge_lo[64] = {
+        0, 32, 64, 1, 33, 65, 2, 34, 66, 3, 35, 67, 4, 36, 68, 5,
+        37, 69, 6, 38, 70, 7, 39, 71, 8, 40, 72, 9, 41, 73, 10, 42,
+        74, 11, 43, 75, 12, 44, 76, 13, 45, 77, 14, 46, 78, 15, 47, 79,
+        16, 48, 80, 17, 49, 81, 18, 50, 82, 19, 51, 83, 20, 52, 84, 21};
+    static const int8_t merge_hi[64] = {
+        53, 85, 22, 54, 86, 23, 55, 87, 24, 56, 88, 25, 57, 89, 26, 58,
+        90, 27, 59, 91, 28, 60, 92, 29, 61, 93, 30, 62, 94, 31, 63, 95,
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
     const __m512i srg = _mm512_loadu_si512(split_rg), sb = _mm512_loadu_si512(split_b);
     const __m512i mlo = _mm512_loadu_si512(merge_lo), mhi = _mm512_loadu_si512(merge_hi);
     for (int64_t xs = 0; xs < w;) {
