@@ -455,10 +455,17 @@ void box_reduce_u8(const uint8_t* x, float* out, int64_t nimg, int64_t h, int64_
                     uint16_t* restrict a = acc + (planar ? c * chunk : 0);
                     int64_t n = planar ? c1 - c0 : 3 * (c1 - c0);
                     for (int64_t i = 0; i < n; i++) a[i] = 0;
-                    for (int64_t y = y0; y < y1; y++) {
-                        const uint8_t* restrict p =
-                            x + (planar ? ((bi * 3 + c) * h + y) * w + c0 : ((bi * h + y) * w + c0) * 3);
-                        for (int64_t i = 0; i < n; i++) a[i] = (uint16_t)(a[i] + p[i]);
+                    int64_t stride = planar ? w : 3 * w;
+                    const uint8_t* p = x + (planar ? ((bi * 3 + c) * h + y0) * w + c0 : ((bi * h + y0) * w + c0) * 3);
+                    int64_t y = y0;
+                    for (; y + 1 < y1; y += 2, p += 2 * stride) {  /* two rows a pass: half the sums' traffic */
+                        const uint8_t* restrict p0 = p;
+                        const uint8_t* restrict p1 = p + stride;
+                        for (int64_t i = 0; i < n; i++) a[i] = (uint16_t)(a[i] + p0[i] + p1[i]);
+                    }
+                    if (y < y1) {
+                        const uint8_t* restrict p0 = p;
+                        for (int64_t i = 0; i < n; i++) a[i] = (uint16_t)(a[i] + p0[i]);
                     }
                 }
                 for (int64_t xo = c0 / k; xo * k < c1; xo++) {
