@@ -759,7 +759,7 @@ def affine_grid_u8(x: torch.Tensor, grid: torch.Tensor, j0: torch.Tensor, j1: to
     `out` when given: a reused buffer saves the page faults of a fresh 72 MB one at 24 MP).
     What runs on each pixel first, in the same pass (at most one of):
     `curves`: (4, 3) a cubic tone curve per channel on levels, out_c = sum_j curves[j, c] p_c^j
-    clamped to 0..255 (core.prior.ToneCurves.kernel_coeffs);
+    clamped to 0..255 (core.prior.ToneCurves.kernel_args);
     `poly`: (20, 3) the cubic coefficients of the colour prior itself (core/prior.py).
     `fixed`: None = the 16-bit path where it applies (fixed_point_ok; never with `poly`), False = float."""
     x, planar = _layout(x)
