@@ -310,3 +310,24 @@ def test_prior_cv_scores_both_fits_over_several_fold_orders(tiny_data, tmp_path,
         assert len(row["per_order"]) == 2 and all(10 < v < 60 for v in row["per_order"])
     printed = capsys.readouterr().out
     assert "| none |" in printed and "| exposure |" in printed
+
+
+def test_tone_curves_are_the_prior_on_the_grey_axis():
+    """ToneCurves: each channel through the cubic's restriction to grey (v, v, v); on grey pixels it is
+    the prior itself, elsewhere each channel depends on its own value only; the kernel's level-scaled
+    coefficients describe the same curves."""
+    g = torch.Generator().manual_seed(8)
+    prior = ColourPrior.fit([(x, known_curve(x)) for x in [torch.rand(3, 32, 32, generator=g)]])
+    curves = prior.tone_curves()
+    grey = torch.linspace(0, 1, 50).view(1, 1, 1, 50).expand(1, 3, 1, 50)
+    assert torch.allclose(curves(grey), prior(grey), atol=1e-5)
+    x = torch.rand(1, 3, 8, 8, generator=g)
+    moved = x.clone()
+    moved[:, 1:] = torch.rand(1, 2, 8, 8, generator=g)  # other channels change, red's curve does not
+    assert torch.allclose(curves(x)[:, 0], curves(moved)[:, 0])
+    assert not torch.allclose(prior(x)[:, 0], prior(moved)[:, 0])  # the cubic mixes channels
+    k = curves.kernel_args()["curves"].double()
+    v = torch.arange(256, dtype=torch.float64)[:, None]
+    on_levels = (k[0] + k[1] * v + k[2] * v ** 2 + k[3] * v ** 3).clamp(0, 255)
+    grey_levels = torch.arange(256.0).view(1, 1, 1, 256).expand(1, 3, 1, 256) / 255
+    assert torch.allclose(on_levels.T.float(), curves(grey_levels)[0, :, 0] * 255, atol=1e-3)
