@@ -50,7 +50,7 @@ def photo_tensor(photos: np.ndarray) -> torch.Tensor:
     return (x[None] if x.ndim == 3 else x).permute(0, 3, 1, 2)
 
 
-REDUCING_GAP = 2.0  # box-reduce first while the rest of the downscale stays at least this factor
+REDUCING_GAP = 3.0  # box-reduce first while the rest of the downscale stays at least this factor
 
 
 def downscale_u8(x: torch.Tensor, size: tuple[int, int], exact: bool = False,
