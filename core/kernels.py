@@ -205,6 +205,57 @@ static inline void store16(uint8_t* o, int64_t i, int64_t n, int64_t cs, __m128i
     }
 }
 
+/* The same for 32 pixels as three 32-byte channel vectors (the 16-bit grid): interleaved RGB spans
+   96 bytes, two masked loads and two-table byte permutes; pixel j, channel c is byte 3 j + c, and
+   out of (R | G, B) R j is byte j, G j byte 32 + j, B j byte 64 + j. */
+static const int8_t SPLIT32_RG[64] = {
+    0, 3, 6, 9, 12, 15, 18, 21, 24, 27, 30, 33, 36, 39, 42, 45,
+    48, 51, 54, 57, 60, 63, 66, 69, 72, 75, 78, 81, 84, 87, 90, 93,
+    1, 4, 7, 10, 13, 16, 19, 22, 25, 28, 31, 34, 37, 40, 43, 46,
+    49, 52, 55, 58, 61, 64, 67, 70, 73, 76, 79, 82, 85, 88, 91, 94};
+static const int8_t SPLIT32_B[64] = {
+    2, 5, 8, 11, 14, 17, 20, 23, 26, 29, 32, 35, 38, 41, 44, 47,
+    50, 53, 56, 59, 62, 65, 68, 71, 74, 77, 80, 83, 86, 89, 92, 95};
+static const int8_t MERGE32_LO[64] = {
+    0, 32, 64, 1, 33, 65, 2, 34, 66, 3, 35, 67, 4, 36, 68, 5,
+    37, 69, 6, 38, 70, 7, 39, 71, 8, 40, 72, 9, 41, 73, 10, 42,
+    74, 11, 43, 75, 12, 44, 76, 13, 45, 77, 14, 46, 78, 15, 47, 79,
+    16, 48, 80, 17, 49, 81, 18, 50, 82, 19, 51, 83, 20, 52, 84, 21};
+static const int8_t MERGE32_HI[64] = {
+    53, 85, 22, 54, 86, 23, 55, 87, 24, 56, 88, 25, 57, 89, 26, 58,
+    90, 27, 59, 91, 28, 60, 92, 29, 61, 93, 30, 62, 94, 31, 63, 95};
+
+static inline __mmask64 bytes_mask(int64_t nb) { return nb >= 64 ? ~0ull : nb <= 0 ? 0ull : (1ull << nb) - 1; }
+
+static inline void load32(const uint8_t* p, int64_t i, int64_t n, int64_t cs, __m256i* r, __m256i* g, __m256i* b) {
+    if (cs == 1) {
+        __m512i v0 = _mm512_maskz_loadu_epi8(bytes_mask(3 * n), p + 3 * i);
+        __m512i v1 = _mm512_maskz_loadu_epi8(bytes_mask(3 * n - 64), p + 3 * i + 64);
+        __m512i rg = _mm512_permutex2var_epi8(v0, _mm512_loadu_si512(SPLIT32_RG), v1);
+        *r = _mm512_castsi512_si256(rg); *g = _mm512_extracti64x4_epi64(rg, 1);
+        *b = _mm512_castsi512_si256(_mm512_permutex2var_epi8(v0, _mm512_loadu_si512(SPLIT32_B), v1));
+    } else {
+        __mmask32 m = (__mmask32)bytes_mask(n);
+        *r = _mm256_maskz_loadu_epi8(m, p + i); *g = _mm256_maskz_loadu_epi8(m, p + i + cs);
+        *b = _mm256_maskz_loadu_epi8(m, p + i + 2 * cs);
+    }
+}
+
+static inline void store32(uint8_t* o, int64_t i, int64_t n, int64_t cs, __m256i r, __m256i g, __m256i b) {
+    if (cs == 1) {
+        __m512i rg = _mm512_inserti64x4(_mm512_castsi256_si512(r), g, 1), bz = _mm512_castsi256_si512(b);
+        _mm512_mask_storeu_epi8(o + 3 * i, bytes_mask(3 * n),
+                                _mm512_permutex2var_epi8(rg, _mm512_loadu_si512(MERGE32_LO), bz));
+        if (3 * n > 64)
+            _mm512_mask_storeu_epi8(o + 3 * i + 64, bytes_mask(3 * n - 64),
+                                    _mm512_permutex2var_epi8(rg, _mm512_loadu_si512(MERGE32_HI), bz));
+    } else {
+        __mmask32 m = (__mmask32)bytes_mask(n);
+        _mm256_mask_storeu_epi8(o + i, m, r); _mm256_mask_storeu_epi8(o + i + cs, m, g);
+        _mm256_mask_storeu_epi8(o + i + 2 * cs, m, b);
+    }
+}
+
 static inline __m512 u8_ps(__m128i v) { return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(v)); }
 static inline __m128i ps_u8(__m512 v) {  /* rounded to nearest (even), clamped to 0..255 */
     return _mm512_cvtusepi32_epi8(_mm512_cvtps_epi32(_mm512_max_ps(v, _mm512_setzero_ps())));
@@ -301,30 +352,6 @@ static inline __m512i affine3_epi16(__m512i t0, __m512i t1, __m512i t2, const in
 static void row_int16(const uint8_t* restrict p, uint8_t* restrict o, int64_t w, int64_t cs,
                       const float* restrict row, int gw, const int32_t* restrict i0, const int64_t* restrict span_end,
                       const int16_t* restrict fq, const int16_t* restrict tables) {
-    /* byte indices into (first 64 bytes, next 64) of 32 RGB pixels: pixel j, channel c is byte 3 j + c;
-       out of (R | G, B): R j at j, G j at 32 + j, B j at 64 + j (constants: rows run on many threads) */
-    static const int8_t split_rg[64] = {
-        0, 3, 6, 9, 12, 15, 18, 21, 24, 27, 30, 33, 36, 39, 42, 45,
-        48, 51, 54, 57, 60, 63, 66, 69, 72, 75, 78, 81, 84, 87, 90, 93,
-        1, 4, 7, 10, 13, 16, 19, 22, 25, 28, 31, 34, 37, 40, 43, 46,
-        49, 52, 55, 58, 61, 64, 67, 70, 73, 76, 79, 82, 85, 88, 91, 94};
-    static const int8_t split_b[64] = {
-        2, 5, 8, 11, 14, 17, 20, 23, 26, 29, 32, 35, 38, 41, 44, 47,
-        50, 53, 56, 59, 62, 65, 68, 71, 74, 77, 80, 83, 86, 89, 92, 95,
-        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
-    static const int8_t merge_lo[64] = {
-        0, 32, 64, 1, 33, 65, 2, 34, 66, 3, 35, 67, 4, 36, 68, 5,
-        37, 69, 6, 38, 70, 7, 39, 71, 8, 40, 72, 9, 41, 73, 10, 42,
-        74, 11, 43, 75, 12, 44, 76, 13, 45, 77, 14, 46, 78, 15, 47, 79,
-        16, 48, 80, 17, 49, 81, 18, 50, 82, 19, 51, 83, 20, 52, 84, 21};
-    static const int8_t merge_hi[64] = {
-        53, 85, 22, 54, 86, 23, 55, 87, 24, 56, 88, 25, 57, 89, 26, 58,
-        90, 27, 59, 91, 28, 60, 92, 29, 61, 93, 30, 62, 94, 31, 63, 95,
-        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
-    const __m512i srg = _mm512_loadu_si512(split_rg), sb = _mm512_loadu_si512(split_b);
-    const __m512i mlo = _mm512_loadu_si512(merge_lo), mhi = _mm512_loadu_si512(merge_hi);
     for (int64_t xs = 0; xs < w;) {
         int c = i0[xs], c1 = c + 1 < gw ? c + 1 : c;
         int64_t xe = span_end[xs];
@@ -335,49 +362,23 @@ static void row_int16(const uint8_t* restrict p, uint8_t* restrict o, int64_t w,
         }
         for (int64_t i = xs; i < xe; i += 32) {
             int64_t n = xe - i < 32 ? xe - i : 32;
-            __mmask32 m32 = n == 32 ? 0xFFFFFFFFu : (__mmask32)((1u << n) - 1);
-            __m512i r, g, b;
-            if (cs == 1) {
-                int64_t nb = 3 * n;
-                __m512i v0 = _mm512_maskz_loadu_epi8(nb >= 64 ? ~0ull : (1ull << nb) - 1, p + 3 * i);
-                __m512i v1 = _mm512_maskz_loadu_epi8(nb > 64 ? (1ull << (nb - 64)) - 1 : 0, p + 3 * i + 64);
-                __m512i rg = _mm512_permutex2var_epi8(v0, srg, v1), bb = _mm512_permutex2var_epi8(v0, sb, v1);
-                r = _mm512_cvtepu8_epi16(_mm512_castsi512_si256(rg));
-                g = _mm512_cvtepu8_epi16(_mm512_extracti64x4_epi64(rg, 1));
-                b = _mm512_cvtepu8_epi16(_mm512_castsi512_si256(bb));
-            } else {
-                r = _mm512_cvtepu8_epi16(_mm256_maskz_loadu_epi8(m32, p + i));
-                g = _mm512_cvtepu8_epi16(_mm256_maskz_loadu_epi8(m32, p + i + cs));
-                b = _mm512_cvtepu8_epi16(_mm256_maskz_loadu_epi8(m32, p + i + 2 * cs));
-            }
+            __m256i r8, g8, b8;
+            load32(p, i, n, cs, &r8, &g8, &b8);
+            __m512i r = _mm512_cvtepu8_epi16(r8), g = _mm512_cvtepu8_epi16(g8), b = _mm512_cvtepu8_epi16(b8);
             if (tables) {
                 r = lut256_epi16(tables, r); g = lut256_epi16(tables + 256, g); b = lut256_epi16(tables + 512, b);
             } else {
                 r = _mm512_slli_epi16(r, 7); g = _mm512_slli_epi16(g, 7); b = _mm512_slli_epi16(b, 7);
             }
-            __m512i f = _mm512_maskz_loadu_epi16(m32, fq + i), out[3];
+            __m512i f = _mm512_maskz_loadu_epi16((__mmask32)bytes_mask(n), fq + i), out[3];
             for (int ch = 0; ch < 3; ch++) {
                 __m512i v = _mm512_adds_epi16(affine3_epi16(r, g, b, aq + 4 * ch),
                                               _mm512_mulhrs_epi16(f, affine3_epi16(r, g, b, dq + 4 * ch)));
                 v = _mm512_srai_epi16(_mm512_adds_epi16(v, _mm512_set1_epi16(8)), 4);
                 out[ch] = _mm512_max_epi16(v, _mm512_setzero_si512());
             }
-            __m256i R8 = _mm512_cvtusepi16_epi8(out[0]), G8 = _mm512_cvtusepi16_epi8(out[1]);
-            __m256i B8 = _mm512_cvtusepi16_epi8(out[2]);
-            if (cs == 1) {
-                int64_t nb = 3 * n;
-                __m512i rgz = _mm512_inserti64x4(_mm512_castsi256_si512(R8), G8, 1);
-                __m512i bz = _mm512_castsi256_si512(B8);
-                _mm512_mask_storeu_epi8(o + 3 * i, nb >= 64 ? ~0ull : (1ull << nb) - 1,
-                                        _mm512_permutex2var_epi8(rgz, mlo, bz));
-                if (nb > 64)
-                    _mm512_mask_storeu_epi8(o + 3 * i + 64, (1ull << (nb - 64)) - 1,
-                                            _mm512_permutex2var_epi8(rgz, mhi, bz));
-            } else {
-                _mm256_mask_storeu_epi8(o + i, m32, R8);
-                _mm256_mask_storeu_epi8(o + i + cs, m32, G8);
-                _mm256_mask_storeu_epi8(o + i + 2 * cs, m32, B8);
-            }
+            store32(o, i, n, cs, _mm512_cvtusepi16_epi8(out[0]), _mm512_cvtusepi16_epi8(out[1]),
+                    _mm512_cvtusepi16_epi8(out[2]));
         }
         xs = xe;
     }
