@@ -35,6 +35,7 @@ import torch
 SOURCE = r"""
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 static inline float clamp255(float v) { v = v < 0.f ? 0.f : v; return v > 255.f ? 255.f : v; }
 static inline int16_t round16(float v) { return (int16_t)(v < 0.f ? v - 0.5f : v + 0.5f); }  /* half away from 0 */
@@ -229,8 +230,14 @@ static inline __mmask64 bytes_mask(int64_t nb) { return nb >= 64 ? ~0ull : nb <=
 
 static inline void load32(const uint8_t* p, int64_t i, int64_t n, int64_t cs, __m256i* r, __m256i* g, __m256i* b) {
     if (cs == 1) {
-        __m512i v0 = _mm512_maskz_loadu_epi8(bytes_mask(3 * n), p + 3 * i);
-        __m512i v1 = _mm512_maskz_loadu_epi8(bytes_mask(3 * n - 64), p + 3 * i + 64);
+        __m512i v0, v1;
+        if (n == 32) {
+            v0 = _mm512_loadu_si512(p + 3 * i);
+            v1 = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)(p + 3 * i + 64)));
+        } else {
+            v0 = _mm512_maskz_loadu_epi8(bytes_mask(3 * n), p + 3 * i);
+            v1 = _mm512_maskz_loadu_epi8(bytes_mask(3 * n - 64), p + 3 * i + 64);
+        }
         __m512i rg = _mm512_permutex2var_epi8(v0, _mm512_loadu_si512(SPLIT32_RG), v1);
         *r = _mm512_castsi512_si256(rg); *g = _mm512_extracti64x4_epi64(rg, 1);
         *b = _mm512_castsi512_si256(_mm512_permutex2var_epi8(v0, _mm512_loadu_si512(SPLIT32_B), v1));
@@ -329,9 +336,11 @@ static void row_avx512(const uint8_t* restrict p, uint8_t* restrict o, int64_t w
 
 /* The same row in 16-bit fixed point, 32 pixels at a time (twice the lanes of float and no
    conversions): the pixel after `pre` in 1/128 of a level (a 256-entry table per channel, looked
-   up by word permutes), A and A's step d in 1/4096, sums in 1/16 of a level, f in 1/32768; each
-   product rounded (vpmulhrsw), the result rounded half up. At most about 0.3 of a level from the
-   float path before rounding. The caller checks the grid's range (no sum can leave 16 bits). */
+   up by word permutes), A in 1/4096 (each row's cells quantised once, all at once; d = the next
+   cell's A minus this one's), sums in 1/16 of a level, f in 1/32768; each product rounded
+   (vpmulhrsw), the result rounded half up and saturated to 0..255 by the pack that interleaves it.
+   At most about 0.3 of a level from the float path before rounding. The caller checks the grid's
+   range (no sum can leave 16 bits). */
 static inline __m512i lut256_epi16(const int16_t* restrict t, __m512i idx) {
     __m512i q0 = _mm512_permutex2var_epi16(_mm512_loadu_si512(t), idx, _mm512_loadu_si512(t + 32));
     __m512i q1 = _mm512_permutex2var_epi16(_mm512_loadu_si512(t + 64), idx, _mm512_loadu_si512(t + 96));
@@ -349,17 +358,39 @@ static inline __m512i affine3_epi16(__m512i t0, __m512i t1, __m512i t2, const in
                                                   _mm512_set1_epi16(q[3])));
 }
 
+/* The 16-bit row's output, interleaved RGB: packus(r, g) and packus(b, b) hold 8 pixels of each
+   channel per 128-bit lane (saturated to 0..255); these tables interleave them into 96 bytes. */
+static const int8_t PACKED32_LO[64] = {
+    0, 8, 64, 1, 9, 65, 2, 10, 66, 3, 11, 67, 4, 12, 68, 5, 13, 69, 6, 14, 70, 7, 15, 71,
+    16, 24, 80, 17, 25, 81, 18, 26, 82, 19, 27, 83, 20, 28, 84, 21, 29, 85, 22, 30, 86, 23, 31, 87,
+    32, 40, 96, 33, 41, 97, 34, 42, 98, 35, 43, 99, 36, 44, 100, 37};
+static const int8_t PACKED32_HI[64] = {
+    45, 101, 38, 46, 102, 39, 47, 103, 48, 56, 112, 49, 57, 113, 50, 58,
+    114, 51, 59, 115, 52, 60, 116, 53, 61, 117, 54, 62, 118, 55, 63, 119};
+
+/* A row's grid coefficients (gw cells x 12, float) in the 16-bit path's units, all cells at once:
+   q = A in 1/4096 and b in 1/16 of a level (plus 8: the rounding of the final >> 4), d = the next
+   cell's q minus this one's (0 for the last cell). */
+static void quantise_row(const float* restrict row, int gw, int16_t* restrict q, int16_t* restrict d) {
+    const __m512 scale = _mm512_setr_ps(4096.f, 4096.f, 4096.f, 16.f, 4096.f, 4096.f, 4096.f, 16.f,
+                                        4096.f, 4096.f, 4096.f, 16.f, 4096.f, 4096.f, 4096.f, 16.f);
+    const __m512i half = _mm512_setr_epi32(0, 0, 0, 8, 0, 0, 0, 8, 0, 0, 0, 8, 0, 0, 0, 8);
+    int n = gw * 12;  /* a multiple of 4; rows are padded by 16 floats */
+    for (int j = 0; j < n; j += 16) {
+        __m512i v = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(row + j), scale)), half);
+        _mm256_storeu_si256((__m256i*)(q + j), _mm512_cvtsepi32_epi16(v));
+    }
+    for (int j = 0; j + 12 < n; j++) d[j] = (int16_t)(q[j + 12] - q[j]);
+    for (int j = n - 12; j < n; j++) d[j] = 0;
+}
+
 static void row_int16(const uint8_t* restrict p, uint8_t* restrict o, int64_t w, int64_t cs,
-                      const float* restrict row, int gw, const int32_t* restrict i0, const int64_t* restrict span_end,
-                      const int16_t* restrict fq, const int16_t* restrict tables) {
+                      const int16_t* restrict rq, const int16_t* restrict rd, const int32_t* restrict i0,
+                      const int64_t* restrict span_end, const int16_t* restrict fq, const int16_t* restrict tables) {
+    const __m512i lo_idx = _mm512_loadu_si512(PACKED32_LO), hi_idx = _mm512_loadu_si512(PACKED32_HI);
     for (int64_t xs = 0; xs < w;) {
-        int c = i0[xs], c1 = c + 1 < gw ? c + 1 : c;
+        const int16_t *aq = rq + 12 * i0[xs], *dq = rd + 12 * i0[xs];
         int64_t xe = span_end[xs];
-        int16_t aq[12], dq[12];
-        for (int ch = 0; ch < 3; ch++) for (int k = 0; k < 4; k++) {
-            float a = row[c * 12 + 4 * ch + k], d = row[c1 * 12 + 4 * ch + k] - a, s = k < 3 ? 4096.f : 16.f;
-            aq[4 * ch + k] = round16(a * s); dq[4 * ch + k] = round16(d * s);
-        }
         for (int64_t i = xs; i < xe; i += 32) {
             int64_t n = xe - i < 32 ? xe - i : 32;
             __m256i r8, g8, b8;
@@ -370,15 +401,30 @@ static void row_int16(const uint8_t* restrict p, uint8_t* restrict o, int64_t w,
             } else {
                 r = _mm512_slli_epi16(r, 7); g = _mm512_slli_epi16(g, 7); b = _mm512_slli_epi16(b, 7);
             }
-            __m512i f = _mm512_maskz_loadu_epi16((__mmask32)bytes_mask(n), fq + i), out[3];
+            __m512i f = n == 32 ? _mm512_loadu_si512(fq + i)
+                                : _mm512_maskz_loadu_epi16((__mmask32)bytes_mask(n), fq + i);
+            __m512i out[3];
             for (int ch = 0; ch < 3; ch++) {
                 __m512i v = _mm512_adds_epi16(affine3_epi16(r, g, b, aq + 4 * ch),
                                               _mm512_mulhrs_epi16(f, affine3_epi16(r, g, b, dq + 4 * ch)));
-                v = _mm512_srai_epi16(_mm512_adds_epi16(v, _mm512_set1_epi16(8)), 4);
-                out[ch] = _mm512_max_epi16(v, _mm512_setzero_si512());
+                out[ch] = _mm512_srai_epi16(v, 4);
             }
-            store32(o, i, n, cs, _mm512_cvtusepi16_epi8(out[0]), _mm512_cvtusepi16_epi8(out[1]),
-                    _mm512_cvtusepi16_epi8(out[2]));
+            if (cs == 1) {
+                __m512i rg = _mm512_packus_epi16(out[0], out[1]), bb = _mm512_packus_epi16(out[2], out[2]);
+                __m512i lo = _mm512_permutex2var_epi8(rg, lo_idx, bb), hi = _mm512_permutex2var_epi8(rg, hi_idx, bb);
+                if (n == 32) {
+                    _mm512_storeu_si512(o + 3 * i, lo);
+                    _mm256_storeu_si256((__m256i*)(o + 3 * i + 64), _mm512_castsi512_si256(hi));
+                } else {
+                    _mm512_mask_storeu_epi8(o + 3 * i, bytes_mask(3 * n), lo);
+                    _mm512_mask_storeu_epi8(o + 3 * i + 64, bytes_mask(3 * n - 64), hi);
+                }
+            } else {
+                __m512i zero = _mm512_setzero_si512();
+                store32(o, i, n, cs, _mm512_cvtusepi16_epi8(_mm512_max_epi16(out[0], zero)),
+                        _mm512_cvtusepi16_epi8(_mm512_max_epi16(out[1], zero)),
+                        _mm512_cvtusepi16_epi8(_mm512_max_epi16(out[2], zero)));
+            }
         }
         xs = xe;
     }
@@ -402,6 +448,8 @@ void affine_grid_u8(const uint8_t* x, uint8_t* out, int64_t nimg, int64_t h, int
     #pragma omp parallel num_threads(nthreads)
     {
         float* buf = malloc(sizeof(float) * (gw * 12 + 3 * w + 48));
+        int16_t* rq = malloc(sizeof(int16_t) * 2 * (gw * 12 + 32));  /* the 16-bit path's row, quantised */
+        int16_t* rd = rq + gw * 12 + 32;
         float *row = buf, *R = buf + gw * 12 + 16, *G = R + w + 16, *B = G + w + 16;
         int64_t cs = planar ? h * w : 1;
         #pragma omp for schedule(static)
@@ -413,7 +461,10 @@ void affine_grid_u8(const uint8_t* x, uint8_t* out, int64_t nimg, int64_t h, int
             for (int k = 0; k < gw * 12; k++) row[k] = g0[k] + t * (g1[k] - g0[k]);
             int64_t offset = planar ? bi * 3 * h * w + y * w : (bi * h + y) * w * 3;
 #ifdef HAVE_AVX512
-            if (fixed) row_int16(x + offset, out + offset, w, cs, row, gw, i0, span_end, fq, tables);
+            if (fixed) {
+                quantise_row(row, gw, rq, rd);
+                row_int16(x + offset, out + offset, w, cs, rq, rd, i0, span_end, fq, tables);
+            }
             else row_avx512(x + offset, out + offset, w, cs, row, gw, i0, span_end, fx, pre_kind, pre);
 #else
             load_row(x + offset, cs, R, G, B, w);
@@ -430,6 +481,7 @@ void affine_grid_u8(const uint8_t* x, uint8_t* out, int64_t nimg, int64_t h, int
 #endif
         }
         free(buf);
+        free(rq);
     }
     free(fq);
     free(span_end);
@@ -437,50 +489,64 @@ void affine_grid_u8(const uint8_t* x, uint8_t* out, int64_t nimg, int64_t h, int
 
 /* Box reduction by k (the working copy's first step at large sizes): out (nimg, 3, ceil(h / k),
    ceil(w / k)) float, each the mean of its k x k block of uint8 pixels (a partial block at the right
-   or bottom edge: the mean of the pixels it has), in levels 0..255. Per block row and per chunk of
-   columns that stays in L1 (a multiple of k pixels): the k rows are summed in 16 bits (vectorised),
-   then each run of k pixels. */
+   or bottom edge: the mean of the pixels it has), in levels 0..255. Per block row: the k rows are
+   summed in 16 bits, 64 bytes at a time in registers (one read of the photo), into a row of sums;
+   then each run of k pixels: for k <= 16 the three channels of a pixel side by side in one 64-bit
+   word (16-bit fields: a block's sum is at most 16 * 16 * 255 = 65280, so no field carries into the
+   next), else one channel at a time in 32 bits. */
+static void sum_rows(const uint8_t* restrict p, int64_t stride, int64_t rows, int64_t n, uint16_t* restrict acc) {
+    int64_t i = 0;
+#ifdef HAVE_AVX512
+    for (; i + 64 <= n; i += 64) {
+        __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
+        for (int64_t y = 0; y < rows; y++) {
+            const uint8_t* q = p + y * stride + i;
+            s0 = _mm512_add_epi16(s0, _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i*)q)));
+            s1 = _mm512_add_epi16(s1, _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i*)(q + 32))));
+        }
+        _mm512_storeu_si512(acc + i, s0);
+        _mm512_storeu_si512(acc + i + 32, s1);
+    }
+#endif
+    for (int64_t j = i; j < n; j++) acc[j] = 0;
+    for (int64_t y = 0; y < rows; y++)
+        for (int64_t j = i; j < n; j++) acc[j] = (uint16_t)(acc[j] + p[y * stride + j]);
+}
+
 void box_reduce_u8(const uint8_t* x, float* out, int64_t nimg, int64_t h, int64_t w, int planar, int k,
                    int nthreads) {
     int64_t ho = (h + k - 1) / k, wo = (w + k - 1) / k;
-    int64_t chunk = (4096 / k > 0 ? 4096 / k : 1) * k;  /* pixels: 3 x 4096 16-bit sums at most, 24 KB */
     #pragma omp parallel num_threads(nthreads)
     {
-        uint16_t* acc = malloc(sizeof(uint16_t) * 3 * chunk);
+        uint16_t* acc = calloc(3 * w + 8, sizeof(uint16_t));  /* padded: a pixel's 64-bit word reads 4 fields */
         #pragma omp for schedule(static)
         for (int64_t by = 0; by < nimg * ho; by++) {
-            int64_t bi = by / ho, yo = by % ho, y0 = yo * k, y1 = y0 + k < h ? y0 + k : h;
-            for (int64_t c0 = 0; c0 < w; c0 += chunk) {
-                int64_t c1 = c0 + chunk < w ? c0 + chunk : w;
-                for (int c = 0; c < (planar ? 3 : 1); c++) {  /* interleaved: one pass sums all three channels */
-                    uint16_t* restrict a = acc + (planar ? c * chunk : 0);
-                    int64_t n = planar ? c1 - c0 : 3 * (c1 - c0);
-                    for (int64_t i = 0; i < n; i++) a[i] = 0;
-                    int64_t stride = planar ? w : 3 * w;
-                    const uint8_t* p = x + (planar ? ((bi * 3 + c) * h + y0) * w + c0 : ((bi * h + y0) * w + c0) * 3);
-                    int64_t y = y0;
-                    for (; y + 1 < y1; y += 2, p += 2 * stride) {  /* two rows a pass: half the sums' traffic */
-                        const uint8_t* restrict p0 = p;
-                        const uint8_t* restrict p1 = p + stride;
-                        for (int64_t i = 0; i < n; i++) a[i] = (uint16_t)(a[i] + p0[i] + p1[i]);
-                    }
-                    if (y < y1) {
-                        const uint8_t* restrict p0 = p;
-                        for (int64_t i = 0; i < n; i++) a[i] = (uint16_t)(a[i] + p0[i]);
+            int64_t bi = by / ho, yo = by % ho, y0 = yo * k, rows = (y0 + k < h ? y0 + k : h) - y0;
+            float* o = out + (bi * 3 * ho + yo) * wo;
+            if (planar) {
+                for (int c = 0; c < 3; c++) {
+                    sum_rows(x + ((bi * 3 + c) * h + y0) * w, w, rows, w, acc);
+                    for (int64_t xo = 0; xo < wo; xo++) {
+                        int64_t x0 = xo * k, x1 = x0 + k < w ? x0 + k : w;
+                        uint32_t s = 0;
+                        for (int64_t i = x0; i < x1; i++) s += acc[i];
+                        o[c * ho * wo + xo] = (float)s / (float)((x1 - x0) * rows);
                     }
                 }
-                for (int64_t xo = c0 / k; xo * k < c1; xo++) {
-                    int64_t x0 = xo * k - c0, x1 = (xo + 1) * k < c1 ? (xo + 1) * k - c0 : c1 - c0;
-                    uint32_t s[3] = {0, 0, 0};
-                    if (planar) {
-                        for (int c = 0; c < 3; c++) for (int64_t i = x0; i < x1; i++) s[c] += acc[c * chunk + i];
+            } else {
+                sum_rows(x + (bi * h + y0) * w * 3, 3 * w, rows, 3 * w, acc);
+                for (int64_t xo = 0; xo < wo; xo++) {
+                    int64_t x0 = xo * k, x1 = x0 + k < w ? x0 + k : w;
+                    uint64_t s[3] = {0, 0, 0}, word;
+                    if (k <= 16) {
+                        for (int64_t i = x0; i < x1; i++) { memcpy(&word, acc + 3 * i, 8); s[0] += word; }
+                        s[1] = (s[0] >> 16) & 0xffff; s[2] = (s[0] >> 32) & 0xffff; s[0] &= 0xffff;
                     } else {
-                        for (int64_t i = x0; i < x1; i++) {
-                            s[0] += acc[3 * i]; s[1] += acc[3 * i + 1]; s[2] += acc[3 * i + 2];
-                        }
+                        for (int64_t i = x0; i < x1; i++)
+                            for (int c = 0; c < 3; c++) s[c] += acc[3 * i + c];
                     }
-                    float inv = 1.f / (float)((x1 - x0) * (y1 - y0));
-                    for (int c = 0; c < 3; c++) out[((bi * 3 + c) * ho + yo) * wo + xo] = (float)s[c] * inv;
+                    float inv = 1.f / (float)((x1 - x0) * rows);
+                    for (int c = 0; c < 3; c++) o[c * ho * wo + xo] = (float)s[c] * inv;
                 }
             }
         }

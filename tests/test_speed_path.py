@@ -286,13 +286,16 @@ def test_box_reduction_and_the_working_copy_made_from_it():
     from core.pipeline import downscale_u8
 
     g = torch.Generator().manual_seed(5)
-    x = torch.randint(0, 256, (2, 3, 23, 31), dtype=torch.uint8, generator=g)
-    pad = (0, 1, 0, 1)  # to 24 x 32: whole blocks of 4 (the padding counts for nothing below)
-    sums = F.avg_pool2d(F.pad(x.float(), pad), 4, divisor_override=1)
-    counts = F.avg_pool2d(F.pad(torch.ones(1, 1, 23, 31), pad), 4, divisor_override=1)
-    for layout in (x, x.contiguous(memory_format=torch.channels_last)):
-        got = kernels.box_reduce_u8(layout, 4)
-        assert got.shape == (2, 3, 6, 8) and torch.allclose(got, sums / counts, atol=1e-4)
+    # k = 4 and 17 (past 16 the channel sums leave the 16-bit fields); rows of 93 and 276 bytes take
+    # the 64-byte vector sums and the scalar tail; partial blocks at the right and bottom edges
+    for k, (h, w) in ((4, (23, 31)), (17, (40, 92))):
+        x = torch.randint(0, 256, (2, 3, h, w), dtype=torch.uint8, generator=g)
+        pad = (0, -w % k, 0, -h % k)  # whole blocks of k (the padding counts for nothing below)
+        sums = F.avg_pool2d(F.pad(x.float(), pad), k, divisor_override=1)
+        counts = F.avg_pool2d(F.pad(torch.ones(1, 1, h, w), pad), k, divisor_override=1)
+        for layout in (x, x.contiguous(memory_format=torch.channels_last)):
+            got = kernels.box_reduce_u8(layout, k)
+            assert got.shape == (2, 3, -(-h // k), -(-w // k)) and torch.allclose(got, sums / counts, atol=1e-4)
     # a photo 12x the working size: box-reduced by 6, then the antialiased bicubic
     photo = torch.from_numpy(demo_photo("astronaut")).permute(2, 0, 1)[None]
     big = F.interpolate(photo.float(), scale_factor=6, mode="bilinear").round().to(torch.uint8)
