@@ -95,14 +95,13 @@ def _edit(pipe, batch: list, parts: dict) -> list:
     px = [b[0] for b in batch]
     if isinstance(px[0], torch.Tensor):   # (3, H, W) on the device
         outs = list(pipe.edit_batch(torch.stack(px)))
-    elif px[0].dtype == np.uint8:         # HWC numpy: a channels_last view, read in place
+    elif px[0].dtype == np.uint8:         # HWC numpy: channels_last views, read in place (never stacked)
         lo = [b[2] for b in batch]
-        x = photo_tensor(np.stack(px) if len(px) > 1 else px[0])
         lo_t = None
         if all(a is not None for a in lo) and len({a.shape for a in lo}) == 1:
             lo_t = torch.from_numpy(np.stack(lo)).permute(0, 3, 1, 2).float().div_(255)
-        y = pipe.edit_batch(x, lo_t)
-        outs = [t.permute(1, 2, 0).numpy() for t in y.cpu()]
+        y = pipe.edit_batch([photo_tensor(p)[0] for p in px], lo_t)
+        outs = [t.cpu().permute(1, 2, 0).numpy() for t in y]
     else:                                 # 16-bit photos: the float reference path
         outs = [pipe(p) for p in px]
     t = pipe.timings

@@ -50,6 +50,40 @@ def photo_tensor(photos: np.ndarray) -> torch.Tensor:
     return (x[None] if x.ndim == 3 else x).permute(0, 3, 1, 2)
 
 
+def photo_list(x: torch.Tensor | Sequence[torch.Tensor], out=None, device=None
+               ) -> tuple[list[torch.Tensor], list, object]:
+    """The photos of an edit_batch call as a list of (3, H, W) uint8 tensors of one size (a (B, 3, H, W)
+    tensor: views of it), on `device` when given; where each result goes (`out`'s photos; for a list
+    without `out`, None each); and what the call returns for a tensor (`out`, or a new tensor like x;
+    None for a list). Raises a ValueError naming what was passed otherwise."""
+    photos = list(x) if isinstance(x, (list, tuple)) else (list(x.unbind(0)) if x.ndim == 4 else [x])
+    if not photos or any(p.dtype != torch.uint8 or p.ndim != 3 or p.shape[0] != 3 for p in photos) or (
+            isinstance(x, torch.Tensor) and x.ndim != 4) or len({tuple(p.shape) for p in photos}) != 1:
+        what = ([(p.dtype, tuple(p.shape)) for p in x] if isinstance(x, (list, tuple))
+                else f"{x.dtype} {tuple(x.shape)}")
+        raise ValueError(f"core/pipeline.py: edit_batch takes (B, 3, H, W) uint8 or a list of (3, H, W) uint8 "
+                         f"photos of one size, got {what}; for float photos call the pipeline on an (H, W, 3) array")
+    if device is not None:
+        photos = [p.to(device, non_blocking=True) for p in photos]
+    if out is None and isinstance(x, torch.Tensor):
+        out = torch.empty_like(x, device=device)  # written photo by photo through views
+    outs = [None] * len(photos) if out is None else list(out) if isinstance(out, (list, tuple)) else list(out.unbind(0))
+    return photos, outs, out if isinstance(x, torch.Tensor) else None
+
+
+def each_photo(pipe, x, out) -> torch.Tensor | list[torch.Tensor]:
+    """pipe.edit_batch(x) photo by photo (a full-resolution model: one pass over the pixels, nothing
+    to batch), its timings summed over the photos; x, out as in EditPipeline.edit_batch."""
+    photos, outs, result = photo_list(x, out)
+    edited, timings = [], {}
+    for p, o in zip(photos, outs):
+        edited.append(pipe.edit_batch(p[None], out=None if o is None else o[None])[0])
+        for k, v in pipe.timings.items():
+            timings[k] = timings.get(k, 0.0) + v
+    pipe.timings = timings
+    return edited if result is None else result
+
+
 REDUCING_GAP = 3.0  # box-reduce first while the rest of the downscale stays at least this factor
 
 
@@ -137,22 +171,23 @@ class EditPipeline:
         return out
 
     @torch.no_grad()
-    def edit_batch(self, x: torch.Tensor, lo: torch.Tensor | None = None, out: torch.Tensor | None = None
-                   ) -> torch.Tensor:
-        """The photo path: (B, 3, H, W) uint8 (photos of one size; an HWC photo as a channels_last
-        view) -> (B, 3, H, W) uint8 on self.device, in x's layout. `lo`, optional: a ready working
-        copy (B, 3, h, w) in [0, 1] (e.g. from a JPEG's reduced decode, core.images.load_draft);
-        `out`, optional: a uint8 buffer like x to write the result into.
-        `timings` (ms): resize_ms, encode_ms, model_ms, decode_ms, fit_ms, transfer_ms."""
-        if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[1] != 3:
-            raise ValueError(f"core/pipeline.py: edit_batch takes (B, 3, H, W) uint8, got {x.dtype} "
-                             f"{tuple(x.shape)}; for float photos call the pipeline on an (H, W, 3) array")
+    def edit_batch(self, x: torch.Tensor | Sequence[torch.Tensor], lo: torch.Tensor | None = None,
+                   out: torch.Tensor | Sequence[torch.Tensor] | None = None) -> torch.Tensor | list[torch.Tensor]:
+        """The photo path: x (B, 3, H, W) uint8 (photos of one size; an HWC photo as a channels_last
+        view), or a list of B (3, H, W) uint8 photos of one size (e.g. separately decoded photos:
+        nothing is stacked, no copy) -> the edited photos, uint8 on self.device, in x's form and
+        layout. The B working copies go through the model together; the transfer runs photo by photo.
+        `lo`, optional: ready working copies (B, 3, h, w) in [0, 1] (e.g. from a JPEG's reduced decode,
+        core.images.load_draft); `out`, optional: where to write (like x: a tensor, or a list).
+        `timings` (ms, the whole batch): resize_ms, encode_ms, model_ms, decode_ms, fit_ms, transfer_ms."""
         t0 = self._now()
-        x = x.to(self.device, non_blocking=True)
-        size = self.working_size(*x.shape[-2:])
-        if lo is None or tuple(lo.shape[-2:]) != size:
-            lo = downscale_u8(x, size, self.exact_working_copy) if lo is None else F.interpolate(
-                lo.to(self.device).float(), size=size, mode="bicubic", antialias=True, align_corners=False).clamp_(0, 1)
+        photos, outs, result = photo_list(x, out, self.device)
+        size = self.working_size(*photos[0].shape[-2:])
+        if lo is None:
+            lo = torch.cat([downscale_u8(p[None], size, self.exact_working_copy) for p in photos])
+        elif tuple(lo.shape[-2:]) != size:
+            lo = F.interpolate(lo.to(self.device).float(), size=size, mode="bicubic", antialias=True,
+                               align_corners=False).clamp_(0, 1)
         lo = lo.to(self.device)
         t1 = self._now()
         self.timings = {"resize_ms": (t1 - t0) * 1e3, "encode_ms": 0.0, "model_ms": 0.0, "decode_ms": 0.0}
@@ -161,12 +196,16 @@ class EditPipeline:
         if self.transfer == "grid":
             coeffs = fit_affine_grid(lo if self.pre is None else self.pre(lo), out_lo, self.grid)
             t3 = self._now()
-            out = apply_affine_grid_u8(x, coeffs, out=out, pre=self.pre)
+            edited = [apply_affine_grid_u8(p[None], coeffs[i:i + 1], pre=self.pre,
+                                           out=None if outs[i] is None else outs[i][None])[0]
+                      for i, p in enumerate(photos)]
         else:  # "none" (bilinear upsampling of the edit) and unknown modes: the float function decides
             t3 = self._now()
-            out = apply_transfer(self.transfer, x, lo, out_lo, self.grid).mul_(255).round_().to(torch.uint8)
+            edited = [apply_transfer(self.transfer, p[None], lo[i:i + 1], out_lo[i:i + 1], self.grid)
+                      .mul_(255).round_().to(torch.uint8)[0] for i, p in enumerate(photos)]
+            edited = [e if o is None else o.copy_(e) for e, o in zip(edited, outs)]
         self.timings.update(fit_ms=(t3 - t2) * 1e3, transfer_ms=(self._now() - t2) * 1e3)
-        return out
+        return edited if result is None else result
 
     def edit_photos(self, photos: Sequence[np.ndarray]) -> list[np.ndarray]:
         """(H, W, 3) uint8 photos of any sizes -> the edited photos, same sizes and order; photos of
@@ -178,10 +217,9 @@ class EditPipeline:
         for idx in by_size.values():
             for s in range(0, len(idx), self.batch_size):
                 chunk = idx[s:s + self.batch_size]
-                x = photo_tensor(np.stack([photos[i] for i in chunk]))
-                y = self.edit_batch(x).permute(0, 2, 3, 1).cpu().numpy()
+                y = self.edit_batch([photo_tensor(photos[i])[0] for i in chunk])  # views: nothing stacked
                 for j, i in enumerate(chunk):
-                    out[i] = y[j]
+                    out[i] = y[j].cpu().permute(1, 2, 0).numpy()
         return out
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:

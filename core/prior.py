@@ -205,7 +205,8 @@ class ColourPrior(ModelFolder, nn.Module):
         """(B, 3, H, W) in [0, 1] -> the curve applied, (B, 3, H, W) clamped to [0, 1]."""
         w = self.coeffs.to(device=x.device, dtype=torch.float32)
         rows = max(1, BAND_PIXELS // max(1, x.shape[0] * x.shape[-1]))  # bands keep the 20 terms small
-        bands = [torch.einsum("bkhw,kc->bchw", monomials(x[:, :, top:top + rows].float()), w)
+        wt = w.T.contiguous()  # (3, 20) @ (B, 20, pixels): one matrix product per band, no permuted copies
+        bands = [torch.matmul(wt, monomials(x[:, :, top:top + rows].float()).flatten(2)).unflatten(2, (-1, x.shape[-1]))
                  for top in range(0, x.shape[-2], rows)]
         return torch.cat(bands, 2).clamp_(0, 1)
 
@@ -248,9 +249,13 @@ class CurvePipeline:
         return self.prior(x.to(self.device)).cpu()
 
     @torch.no_grad()
-    def edit_batch(self, x: torch.Tensor, lo: torch.Tensor | None = None, out: torch.Tensor | None = None
-                   ) -> torch.Tensor:
-        """(B, 3, H, W) uint8 -> the curve applied, uint8 in x's layout (`lo` unused)."""
+    def edit_batch(self, x: torch.Tensor | list[torch.Tensor], lo: torch.Tensor | None = None,
+                   out: torch.Tensor | list[torch.Tensor] | None = None) -> torch.Tensor | list[torch.Tensor]:
+        """(B, 3, H, W) uint8 (or a list of (3, H, W)) -> the curve applied, uint8 in x's layout (`lo` unused)."""
+        if isinstance(x, (list, tuple)):  # a list of (3, H, W) photos: one at a time
+            from core.pipeline import each_photo
+
+            return each_photo(self, x, out)
         from core.models import device_clock
         from core.transfer import apply_affine_grid_u8
 

@@ -1,7 +1,7 @@
 """Throughput of `student.enhance` on a folder of 24 MP JPEGs, against a memory copy of the same bytes.
 
     python -m eval.bench_enhance                          # 4 photos of 6000x4000, identity, student, LUT
-    python -m eval.bench_enhance --n 8 --model runs/demo/student --batch-size 2 --json bench.json
+    python -m eval.bench_enhance --n 8 --model runs/demo/student --batch-size 1 --json bench.json
 
 1. Makes (once, in --folder) N real-looking photos: the demo's package photos (core.demo) upscaled
    to --size with fine detail and sensor noise added, saved as JPEG quality 92 with EXIF.
@@ -10,11 +10,13 @@
    initialised 3D LUT; each --model) runs enhance's own loop on the folder (decode and encode in
    --workers threads, overlapped with the compute) and prints photos/s and ms per part: decode,
    working copy, model (codec + network), transfer (fit + apply), encode.
-3. Then, photo by photo and in the same loop, it times the path without decode and encode
-   (uint8 photo on the device in, uint8 out: pipe.edit_batch) and a reference: one copy of the
-   photo's uint8 bytes into a preallocated tensor of the same size (`Tensor.copy_`). Their
-   ratio reads as the distance to the memory-bandwidth limit (p50 of --repeats rounds). The
-   float path (what enhance ran before the uint8 path) is timed beside them: the before/after.
+3. Then, --batch-size photos at a time (as enhance edits them) and in the same loop, it times the
+   path without decode and encode (the uint8 photos on the device in, uint8 out: pipe.edit_batch on
+   the list of photos, their working copies through the network together) and a reference: one
+   copy of each photo's uint8 bytes into a preallocated tensor of the same size (`Tensor.copy_`);
+   both per photo. Their ratio reads as the distance to the memory-bandwidth limit (p50 of
+   --repeats rounds). The float path (what enhance ran before the uint8 path) is timed beside
+   them, photo by photo: the before/after.
 No trained model is needed: a fresh student costs what a trained one of that architecture
 costs. Other processes on the machine move the absolute figures; the ratios are from one run.
 """
@@ -37,7 +39,7 @@ from core.config import load_config
 from core.demo import PHOTOS, photo_path
 from core.images import find_photos, load_photo
 from core.models import load_model
-from core.pipeline import EditPipeline
+from core.pipeline import EditPipeline, photo_tensor
 from core.prior import ColourPrior
 from eval.throughput import device_name, synchronize
 
@@ -95,36 +97,41 @@ def model_row(path: str, device) -> tuple[str, object]:
     return path, load_model(path, device).pipeline()
 
 
-def time_path_and_copy(pipe, photos: list[Path], device, repeats: int) -> dict:
-    """p50 ms of pipe.edit_batch (uint8 on the device in and out), of one uint8 copy of the photo,
-    and of the float path that enhance ran before the uint8 one (the photo as float32, the
-    float pipeline, back to uint8: `before_ms`), alternated photo by photo so all see the same machine;
-    and how far the uint8 path's photo is from the float path's (largest difference in levels, and the
-    share of values more than one level apart)."""
+def time_path_and_copy(pipe, photos: list[Path], device, repeats: int, batch_size: int = 1) -> dict:
+    """p50 ms per photo of pipe.edit_batch (uint8 on the device in and out) on `batch_size` photos of one
+    size at a time (a list of the decoded photos, as enhance passes them), of one uint8 copy of each
+    of those photos, and of the float path that enhance ran before the uint8 one (the photo as
+    float32, the float pipeline, back to uint8: `before_ms`), alternated round by round so all see
+    the same machine; and how far the uint8 path's photo is from the float path's (largest difference
+    in levels, and the share of values more than one level apart)."""
     path_ms, copy_ms, before_ms, parts, levels, over_one = [], [], [], [], [], []
-    for src in photos:
-        px, _ = load_photo(src)
-        x = torch.from_numpy(px).permute(2, 0, 1)[None].to(device)
-        out, dst = torch.empty_like(x), torch.empty_like(x)
+    for s in range(0, len(photos), batch_size):
+        group = [load_photo(src)[0] for src in photos[s:s + batch_size]]
+        if len({g.shape for g in group}) != 1:
+            raise SystemExit("eval/bench_enhance.py: the timed photos must share one size")
+        x = [photo_tensor(px)[0].to(device) for px in group]
+        out, dst = [torch.empty_like(t) for t in x], [torch.empty_like(t) for t in x]
         pipe.edit_batch(x, out=out)  # warm-up (and the C kernels' first build)
         for _ in range(repeats):
             synchronize(device)
             t0 = time.perf_counter()
-            dst.copy_(x)
+            for d, t in zip(dst, x):
+                d.copy_(t)
             synchronize(device)
             t1 = time.perf_counter()
             pipe.edit_batch(x, out=out)
             synchronize(device)
             t2 = time.perf_counter()
-            copy_ms.append((t1 - t0) * 1e3)
-            path_ms.append((t2 - t1) * 1e3)
-            parts.append(dict(pipe.timings))
-        t0 = time.perf_counter()
-        ref = np.round(pipe(px.astype(np.float32) / 255) * 255).astype(np.uint8)
-        before_ms.append((time.perf_counter() - t0) * 1e3)
-        diff = np.abs(out[0].permute(1, 2, 0).cpu().numpy().astype(np.int16) - ref)
-        levels.append(int(diff.max()))
-        over_one.append(float((diff > 1).mean()))
+            copy_ms.append((t1 - t0) * 1e3 / len(x))
+            path_ms.append((t2 - t1) * 1e3 / len(x))
+            parts.append({k: v / len(x) for k, v in pipe.timings.items()})
+        for px, o in zip(group, out):
+            t0 = time.perf_counter()
+            ref = np.round(pipe(px.astype(np.float32) / 255) * 255).astype(np.uint8)
+            before_ms.append((time.perf_counter() - t0) * 1e3)
+            diff = np.abs(o.permute(1, 2, 0).cpu().numpy().astype(np.int16) - ref)
+            levels.append(int(diff.max()))
+            over_one.append(float((diff > 1).mean()))
     keys = parts[0].keys()
     best = int(np.argmin(path_ms))  # the least disturbed round: on a shared machine p50 carries the others' load
     return {"path_ms": float(np.median(path_ms)), "copy_ms": float(np.median(copy_ms)),
@@ -144,9 +151,10 @@ def main(argv=None) -> dict:
     p.add_argument("--size", default="6000x4000")
     p.add_argument("--folder", default=None, help="where the photos are made (kept); default a temporary folder")
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=4, help="photos edited together, as enhance's --batch-size")
     p.add_argument("--repeats", type=int, default=3, help="rounds of the path-vs-copy timing per photo")
-    p.add_argument("--copy-photos", type=int, default=2, help="photos used for the path-vs-copy timing")
+    p.add_argument("--copy-photos", type=int, default=4,
+                   help="photos used for the path-vs-copy timing (at least one batch)")
     p.add_argument("--no-demo-rows", action="store_true", help="only the --model rows")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
@@ -175,7 +183,8 @@ def main(argv=None) -> dict:
             run = enhance_files(pipe, plan(inputs, folder, out_dir), args.workers, args.batch_size, device=device)
             if run["failed"]:
                 raise SystemExit(f"eval/bench_enhance.py: enhance failed on {run['failed'][:3]}")
-            alone = time_path_and_copy(pipe, photos[:args.copy_photos], device, args.repeats)
+            alone = time_path_and_copy(pipe, photos[:max(args.copy_photos, args.batch_size)], device,
+                                       args.repeats, args.batch_size)
             per = {k: v / max(1, run["done"]) for k, v in run["parts_ms"].items()}
             results["rows"][name] = {"photos_per_s": run["photos_per_s"], "enhance_ms_per_photo": per, **alone}
             cells = [f"{run['photos_per_s']:>8.2f}", *(f"{per[k]:>8.0f}" for k in PARTS),

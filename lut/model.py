@@ -22,7 +22,7 @@ from torch import nn
 
 from core.images import to_numpy, to_tensor
 from core.models import ModelFolder, device_clock
-from core.pipeline import downscale_u8, photo_tensor
+from core.pipeline import downscale_u8, each_photo, photo_tensor
 
 BAND_PIXELS = 1 << 21  # pixels per grid_sample call at full resolution: ~50 MB of temporaries
 
@@ -186,11 +186,14 @@ class LUTPipeline:
         return self.model(x.to(self.device)).clamp(0, 1).cpu()
 
     @torch.no_grad()
-    def edit_batch(self, x: torch.Tensor, lo: torch.Tensor | None = None, out: torch.Tensor | None = None
-                   ) -> torch.Tensor:
-        """The photo path, as EditPipeline.edit_batch: (B, 3, H, W) uint8 -> uint8 on self.device.
+    def edit_batch(self, x: torch.Tensor | list[torch.Tensor], lo: torch.Tensor | None = None,
+                   out: torch.Tensor | list[torch.Tensor] | None = None) -> torch.Tensor | list[torch.Tensor]:
+        """The photo path, as EditPipeline.edit_batch: (B, 3, H, W) uint8 (or a list of (3, H, W)) -> uint8
+        on self.device.
         The CNN's copy is an antialiased bilinear downscale of the uint8 pixels (core.pipeline.downscale_u8;
         `lo` unused: the CNN has its own size); the LUT is applied to the uint8 pixels in one pass."""
+        if isinstance(x, (list, tuple)):  # a list of (3, H, W) photos: one at a time
+            return each_photo(self, x, out)
         t0 = self._now()
         x = x.to(self.device, non_blocking=True)
         size = (self.model.cnn_size, self.model.cnn_size)

@@ -14,7 +14,7 @@ from PIL import Image, ImageCms
 from core import kernels
 from core.codecs import PixelCodec
 from core.demo import PHOTOS, photo_path
-from core.pipeline import EditPipeline
+from core.pipeline import EditPipeline, photo_tensor
 from core.transfer import apply_affine_grid, apply_affine_grid_u8
 from lut.model import AdaptiveLUT, LUTPipeline, apply_lut, identity_lut
 from student import Student
@@ -70,11 +70,20 @@ def test_batches_of_mixed_sizes_equal_one_photo_at_a_time(monkeypatch):
     pipe = EditPipeline(latent(torch.no_grad()(random_student())), 128, "grid", 8, "cpu", 32, batch_size=2)
     batches = []
     edit_batch = pipe.edit_batch
-    monkeypatch.setattr(pipe, "edit_batch", lambda x, *r, **k: batches.append(tuple(x.shape)) or edit_batch(x, *r, **k))
-    outs = pipe.edit_photos([a, b, a, a, b])
+    monkeypatch.setattr(pipe, "edit_batch",
+                        lambda x, *r, **k: batches.append((len(x), *x[0].shape)) or edit_batch(x, *r, **k))
+    outs = pipe.edit_photos([a, b, a, a, b])  # lists of views of the decoded photos: nothing stacked
     assert sorted(batches) == sorted([(2, 3, *a.shape[:2]), (1, 3, *a.shape[:2]), (2, 3, *b.shape[:2])])
     for photo, out in zip([a, b, a, a, b], outs):
         assert out.shape == photo.shape and levels(out, pipe(photo)) <= 1
+    # a (B, 3, H, W) tensor in: the same photos, a tensor out (into `out` when given)
+    monkeypatch.undo()
+    x = photo_tensor(np.stack([a, a]))
+    buf = torch.zeros_like(x)
+    assert pipe.edit_batch(x, out=buf) is buf
+    assert np.array_equal(buf[0].permute(1, 2, 0).numpy(), outs[0]) and torch.equal(buf[0], buf[1])
+    with pytest.raises(ValueError, match="one size"):
+        pipe.edit_batch([photo_tensor(a)[0], photo_tensor(b)[0]])
 
 
 def test_c_kernels_equal_the_pytorch_path(monkeypatch):
