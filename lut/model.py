@@ -22,7 +22,7 @@ from torch import nn
 
 from core.images import to_numpy, to_tensor
 from core.models import ModelFolder, device_clock
-from core.pipeline import downscale_u8, each_photo, photo_tensor
+from core.pipeline import downscale_u8, photo_list, photo_tensor
 
 BAND_PIXELS = 1 << 21  # pixels per grid_sample call at full resolution: ~50 MB of temporaries
 
@@ -188,24 +188,23 @@ class LUTPipeline:
     @torch.no_grad()
     def edit_batch(self, x: torch.Tensor | list[torch.Tensor], lo: torch.Tensor | None = None,
                    out: torch.Tensor | list[torch.Tensor] | None = None) -> torch.Tensor | list[torch.Tensor]:
-        """The photo path, as EditPipeline.edit_batch: (B, 3, H, W) uint8 (or a list of (3, H, W)) -> uint8
-        on self.device.
-        The CNN's copy is an antialiased bilinear downscale of the uint8 pixels (core.pipeline.downscale_u8;
-        `lo` unused: the CNN has its own size); the LUT is applied to the uint8 pixels in one pass."""
-        if isinstance(x, (list, tuple)):  # a list of (3, H, W) photos: one at a time
-            return each_photo(self, x, out)
+        """The photo path, as EditPipeline.edit_batch: (B, 3, H, W) uint8, or a list of (3, H, W) photos of
+        one size -> uint8 on self.device, in x's form. The CNN's copies are antialiased bilinear
+        downscales of the uint8 pixels (core.pipeline.downscale_u8; `lo` unused: the CNN has its own
+        size) and go through the CNN together; each photo's LUT is applied to its uint8 pixels in one pass."""
         t0 = self._now()
-        x = x.to(self.device, non_blocking=True)
+        photos, outs, result = photo_list(x, out, self.device)
         size = (self.model.cnn_size, self.model.cnn_size)
-        small = downscale_u8(x, size, mode="bilinear")
+        small = torch.cat([downscale_u8(p[None], size, mode="bilinear") for p in photos])
         t1 = self._now()
-        lut, _ = self.model.mix(small)
+        lut, _ = self.model.mix(small)  # the CNN on the whole batch
         t2 = self._now()
-        out = apply_lut(lut, x, self.band_pixels, out)
+        edited = [apply_lut(lut[i:i + 1], p[None], self.band_pixels, None if o is None else o[None])[0]
+                  for i, (p, o) in enumerate(zip(photos, outs))]
         t3 = self._now()
         self.timings = {"resize_ms": (t1 - t0) * 1e3, "encode_ms": 0.0, "model_ms": (t2 - t1) * 1e3,
                         "decode_ms": 0.0, "fit_ms": 0.0, "transfer_ms": (t3 - t2) * 1e3}
-        return out
+        return edited if result is None else result
 
     @torch.no_grad()
     def __call__(self, rgb: np.ndarray) -> np.ndarray:

@@ -133,6 +133,13 @@ def test_lut_pipeline_on_uint8_matches_its_float_path():
     out = pipe(u8)
     ref = np.round(np.clip(pipe(u8.astype(np.float32) / 255), 0, 1) * 255)
     assert out.dtype == np.uint8 and levels(out, ref) <= 2  # the CNN's copy is resized from uint8
+    # a list of photos of one size: their CNN copies in one batch, each its own LUT (as one at a time)
+    other = demo_photo("coffee")
+    other = np.asarray(Image.fromarray(other).resize(u8.shape[1::-1]))
+    edited = pipe.edit_batch([photo_tensor(u8)[0], photo_tensor(other)[0]])
+    assert isinstance(edited, list) and not np.array_equal(edited[0].numpy(), edited[1].numpy())
+    for photo, got in zip((u8, other), edited):
+        assert levels(got.permute(1, 2, 0).numpy(), pipe(photo)) <= 1
 
 
 @pytest.fixture
