@@ -21,6 +21,7 @@ tests/test_speed_path.py checks every path against the float reference).
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import os
 import platform
@@ -30,6 +31,7 @@ import tempfile
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 
 SOURCE = r"""
@@ -556,6 +558,41 @@ void box_reduce_u8(const uint8_t* x, float* out, int64_t nimg, int64_t h, int64_
     }
 }
 
+/* Separable resampling of float planes (the working copy's second step, after the box reduction):
+   x (planes, h, w) -> out (planes, ho, wo); output row yo is the sum over yn[yo] input rows from
+   y0[yo] with weights yw[yo * ky + t], output column likewise (x0, xn, xw, kx). Rows first, over the
+   whole width (vectorised), then columns from that one row. The weights come from the caller
+   (core/kernels.py: torch's antialiased bicubic and bilinear filters). */
+void resample_planes(const float* x, float* out, int64_t planes, int64_t h, int64_t w, int64_t ho, int64_t wo,
+                     const int32_t* y0, const int32_t* yn, const float* yw, int ky,
+                     const int32_t* x0, const int32_t* xn, const float* xw, int kx, int nthreads) {
+    #pragma omp parallel num_threads(nthreads)
+    {
+        float* tmp = malloc(sizeof(float) * (w + 16));
+        #pragma omp for schedule(static)
+        for (int64_t po = 0; po < planes * ho; po++) {
+            int64_t pl = po / ho, yo = po % ho;
+            const float* src = x + pl * h * w;
+            for (int64_t i = 0; i < w; i++) tmp[i] = 0.f;
+            for (int t = 0; t < yn[yo]; t++) {
+                const float wt = yw[yo * ky + t];
+                const float* restrict r = src + (int64_t)(y0[yo] + t) * w;
+                float* restrict acc = tmp;
+                for (int64_t i = 0; i < w; i++) acc[i] += wt * r[i];
+            }
+            float* o = out + (pl * ho + yo) * wo;
+            for (int64_t xo = 0; xo < wo; xo++) {
+                const float* r = tmp + x0[xo];
+                const float* wt = xw + xo * kx;
+                float acc = 0.f;
+                for (int t = 0; t < xn[xo]; t++) acc += wt[t] * r[t];
+                o[xo] = acc;
+            }
+        }
+        free(tmp);
+    }
+}
+
 /* The grid fit's moments (core/transfer.py fit_affine_grid): x, y (nimg, 3, h, w) float, the
    working-size input and output; stats (nimg, gh, gw, 28) double, zeroed by the caller, gets per cell
    the tent-weighted sums of [x 1][x 1]^T (16, row-major) and [x 1] y^T (12). Pixel column i spreads
@@ -773,6 +810,8 @@ def _build() -> ctypes.CDLL:
                                    i32, i32]
     lib.has_fixed_point.restype = ctypes.c_int
     lib.box_reduce_u8.argtypes = [ptr, ptr, i64, i64, i64, i32, i32, i32]
+    lib.resample_planes.argtypes = [ptr, ptr, i64, i64, i64, i64, i64, ptr, ptr, ptr, i32, ptr, ptr, ptr, i32,
+                                    i32]
     lib.pack_lut.argtypes = [ptr, i64, i32, ptr, ptr, ptr, i32]
     lib.grid_moments.argtypes = [ptr, ptr, i64, i64, i64, i32, i32, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i32]
     lib.lut3d_u8.argtypes = [ptr, ptr, i64, i64, i64, i32, ptr, i32, ptr, ptr, ptr, i32]
@@ -863,6 +902,50 @@ def box_reduce_u8(x: torch.Tensor, k: int) -> torch.Tensor:
     b, _, h, w = x.shape
     out = torch.empty(b, 3, -(-h // k), -(-w // k), dtype=torch.float32)
     _lib.box_reduce_u8(_ptr(x), _ptr(out), b, h, w, planar, k, torch.get_num_threads())
+    return out
+
+
+def _aa_filter(x: np.ndarray, mode: str) -> np.ndarray:
+    """torch's antialiasing filters: bicubic (a = -0.5, as Pillow) or bilinear (the triangle)."""
+    x = np.abs(x)
+    if mode == "bilinear":
+        return np.clip(1 - x, 0, None)
+    a = -0.5
+    return np.where(x < 1, ((a + 2) * x - (a + 3)) * x * x + 1, np.where(x < 2, (((x - 5) * x + 8) * x - 4) * a, 0.0))
+
+
+@functools.lru_cache(maxsize=64)
+def aa_weights(n_in: int, n_out: int, scale: float, mode: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The weights of torch's antialiased downscale along one axis (F.interpolate, antialias=True,
+    align_corners=False, scale_factor = 1 / scale): output i reads inputs first[i] .. first[i] + count[i] - 1
+    with weights[i, :count[i]] (normalised to sum 1). Returns (first int32, count int32, weights (n_out, k)
+    float32); as torch computes them, so resample_planes equals F.interpolate to float rounding."""
+    support = (2.0 if mode == "bicubic" else 1.0) * max(scale, 1.0)
+    invscale = 1.0 / scale if scale >= 1.0 else 1.0
+    centre = scale * (np.arange(n_out) + 0.5)
+    first = np.maximum(np.trunc(centre - support + 0.5), 0).astype(np.int64)
+    count = np.minimum(np.trunc(centre + support + 0.5).astype(np.int64), n_in) - first
+    k = int(count.max())
+    taps = np.arange(k)
+    w = _aa_filter((taps[None, :] + first[:, None] - centre[:, None] + 0.5) * invscale, mode)
+    w = np.where(taps[None, :] < count[:, None], w, 0.0)
+    w /= w.sum(1, keepdims=True)
+    return (torch.from_numpy(first.astype(np.int32)), torch.from_numpy(count.astype(np.int32)),
+            torch.from_numpy(w.astype(np.float32)).contiguous())
+
+
+def resample_aa(x: torch.Tensor, scale: tuple[float, float], size: tuple[int, int],
+                mode: str = "bicubic") -> torch.Tensor:
+    """x (B, C, H, W) float on the CPU -> (B, C, h, w) for size (h, w): torch's antialiased downscale
+    with scale_factor = `scale` (F.interpolate(x, scale_factor=scale, mode=mode, antialias=True,
+    recompute_scale_factor=False)[..., :h, :w]) as one separable C pass."""
+    x = x.float().contiguous()
+    b, c, h, w = x.shape
+    ho, wo = size
+    ys, xs = aa_weights(h, ho, 1.0 / scale[0], mode), aa_weights(w, wo, 1.0 / scale[1], mode)
+    out = torch.empty(b, c, ho, wo, dtype=torch.float32)
+    _lib.resample_planes(_ptr(x), _ptr(out), b * c, h, w, ho, wo, *map(_ptr, ys), ys[2].shape[1],
+                         *map(_ptr, xs), xs[2].shape[1], torch.get_num_threads())
     return out
 
 

@@ -113,9 +113,7 @@ def downscale_u8(x: torch.Tensor, size: tuple[int, int], exact: bool = False,
         if k >= 2 and kernels.available():
             small = kernels.box_reduce_u8(x, min(k, 255))
             scale = (h * k / x.shape[-2], w * k / x.shape[-1])  # the photo's scale, in reduced pixels
-            small = F.interpolate(small, scale_factor=scale, mode=mode, antialias=True, align_corners=False,
-                                  recompute_scale_factor=False)[..., :h, :w]
-            return small.div_(255).clamp_(0, 1)
+            return kernels.resample_aa(small, scale, size, mode).div_(255).clamp_(0, 1)
         small = F.interpolate(x, size=size, mode=mode, antialias=True, align_corners=False)
         return small.float() / 255
     small = F.interpolate(x.float(), size=size, mode=mode, antialias=True, align_corners=False)

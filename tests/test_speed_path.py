@@ -322,6 +322,26 @@ def test_box_reduction_and_the_working_copy_made_from_it():
     assert fast.shape == exact.shape and err.mean() < 0.5 and err.max() < 8
 
 
+def test_separable_resampling_in_c_equals_torchs_antialiased_resize():
+    """kernels.resample_aa (the working copy's second step) is F.interpolate with antialias, to float
+    rounding: bicubic and bilinear, scale factors as downscale_u8 passes them, odd sizes, and a
+    factor just over 1 (the filter's support reaches past the image edges)."""
+    if not kernels.available():
+        pytest.skip("no C compiler: the working copy is torch's resize")
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(8)
+    x = torch.rand(2, 3, 61, 97, generator=g) * 255
+    for mode in ("bicubic", "bilinear"):
+        for size in ((17, 29), (20, 31), (55, 90)):
+            scale = (size[0] * 1.01 / 61, size[1] * 1.003 / 97)  # not the sizes' own ratio: as passed
+            ref = F.interpolate(x, scale_factor=scale, mode=mode, antialias=True, align_corners=False,
+                                recompute_scale_factor=False)[..., :size[0], :size[1]]
+            got = kernels.resample_aa(x, scale, size, mode)
+            assert got.shape == ref.shape == (2, 3, *size), (mode, size)
+            assert (got - ref).abs().max() < 1e-2, (mode, size)  # levels 0..255: float rounding only
+
+
 def test_grid_moments_in_c_equal_the_einsum_fit(monkeypatch):
     if not kernels.available():
         pytest.skip("no C compiler: the fit is the einsum")
