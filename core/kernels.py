@@ -210,61 +210,20 @@ static inline void store16(uint8_t* o, int64_t i, int64_t n, int64_t cs, __m128i
     }
 }
 
-/* The same for 32 pixels as three 32-byte channel vectors (the 16-bit grid): interleaved RGB spans
-   96 bytes, two masked loads and two-table byte permutes; pixel j, channel c is byte 3 j + c, and
-   out of (R | G, B) R j is byte j, G j byte 32 + j, B j byte 64 + j. */
-static const int8_t SPLIT32_RG[64] = {
-    0, 3, 6, 9, 12, 15, 18, 21, 24, 27, 30, 33, 36, 39, 42, 45,
-    48, 51, 54, 57, 60, 63, 66, 69, 72, 75, 78, 81, 84, 87, 90, 93,
-    1, 4, 7, 10, 13, 16, 19, 22, 25, 28, 31, 34, 37, 40, 43, 46,
-    49, 52, 55, 58, 61, 64, 67, 70, 73, 76, 79, 82, 85, 88, 91, 94};
-static const int8_t SPLIT32_B[64] = {
-    2, 5, 8, 11, 14, 17, 20, 23, 26, 29, 32, 35, 38, 41, 44, 47,
-    50, 53, 56, 59, 62, 65, 68, 71, 74, 77, 80, 83, 86, 89, 92, 95};
-static const int8_t MERGE32_LO[64] = {
-    0, 32, 64, 1, 33, 65, 2, 34, 66, 3, 35, 67, 4, 36, 68, 5,
-    37, 69, 6, 38, 70, 7, 39, 71, 8, 40, 72, 9, 41, 73, 10, 42,
-    74, 11, 43, 75, 12, 44, 76, 13, 45, 77, 14, 46, 78, 15, 47, 79,
-    16, 48, 80, 17, 49, 81, 18, 50, 82, 19, 51, 83, 20, 52, 84, 21};
-static const int8_t MERGE32_HI[64] = {
-    53, 85, 22, 54, 86, 23, 55, 87, 24, 56, 88, 25, 57, 89, 26, 58,
-    90, 27, 59, 91, 28, 60, 92, 29, 61, 93, 30, 62, 94, 31, 63, 95};
-
+/* The same for 32 pixels of planar images (channel stride cs) as three 32-byte channel vectors
+   (the 16-bit grid's planar rows; interleaved rows take 64 pixels at a time, row_int16_hwc64). */
 static inline __mmask64 bytes_mask(int64_t nb) { return nb >= 64 ? ~0ull : nb <= 0 ? 0ull : (1ull << nb) - 1; }
 
 static inline void load32(const uint8_t* p, int64_t i, int64_t n, int64_t cs, __m256i* r, __m256i* g, __m256i* b) {
-    if (cs == 1) {
-        __m512i v0, v1;
-        if (n == 32) {
-            v0 = _mm512_loadu_si512(p + 3 * i);
-            v1 = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)(p + 3 * i + 64)));
-        } else {
-            v0 = _mm512_maskz_loadu_epi8(bytes_mask(3 * n), p + 3 * i);
-            v1 = _mm512_maskz_loadu_epi8(bytes_mask(3 * n - 64), p + 3 * i + 64);
-        }
-        __m512i rg = _mm512_permutex2var_epi8(v0, _mm512_loadu_si512(SPLIT32_RG), v1);
-        *r = _mm512_castsi512_si256(rg); *g = _mm512_extracti64x4_epi64(rg, 1);
-        *b = _mm512_castsi512_si256(_mm512_permutex2var_epi8(v0, _mm512_loadu_si512(SPLIT32_B), v1));
-    } else {
-        __mmask32 m = (__mmask32)bytes_mask(n);
-        *r = _mm256_maskz_loadu_epi8(m, p + i); *g = _mm256_maskz_loadu_epi8(m, p + i + cs);
-        *b = _mm256_maskz_loadu_epi8(m, p + i + 2 * cs);
-    }
+    __mmask32 m = (__mmask32)bytes_mask(n);
+    *r = _mm256_maskz_loadu_epi8(m, p + i); *g = _mm256_maskz_loadu_epi8(m, p + i + cs);
+    *b = _mm256_maskz_loadu_epi8(m, p + i + 2 * cs);
 }
 
 static inline void store32(uint8_t* o, int64_t i, int64_t n, int64_t cs, __m256i r, __m256i g, __m256i b) {
-    if (cs == 1) {
-        __m512i rg = _mm512_inserti64x4(_mm512_castsi256_si512(r), g, 1), bz = _mm512_castsi256_si512(b);
-        _mm512_mask_storeu_epi8(o + 3 * i, bytes_mask(3 * n),
-                                _mm512_permutex2var_epi8(rg, _mm512_loadu_si512(MERGE32_LO), bz));
-        if (3 * n > 64)
-            _mm512_mask_storeu_epi8(o + 3 * i + 64, bytes_mask(3 * n - 64),
-                                    _mm512_permutex2var_epi8(rg, _mm512_loadu_si512(MERGE32_HI), bz));
-    } else {
-        __mmask32 m = (__mmask32)bytes_mask(n);
-        _mm256_mask_storeu_epi8(o + i, m, r); _mm256_mask_storeu_epi8(o + i + cs, m, g);
-        _mm256_mask_storeu_epi8(o + i + 2 * cs, m, b);
-    }
+    __mmask32 m = (__mmask32)bytes_mask(n);
+    _mm256_mask_storeu_epi8(o + i, m, r); _mm256_mask_storeu_epi8(o + i + cs, m, g);
+    _mm256_mask_storeu_epi8(o + i + 2 * cs, m, b);
 }
 
 static inline __m512 u8_ps(__m128i v) { return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(v)); }
@@ -338,11 +297,11 @@ static void row_avx512(const uint8_t* restrict p, uint8_t* restrict o, int64_t w
 #undef BC
 #undef FMA
 
-/* The same row in 16-bit fixed point, 32 pixels at a time (twice the lanes of float and no
-   conversions): the pixel after `pre` in 1/128 of a level (a 256-entry table per channel, looked
-   up by word permutes), A in 1/4096 (each row's cells quantised once, all at once; d = the next
-   cell's A minus this one's), sums in 1/16 of a level, f in 1/32768; each product rounded
-   (vpmulhrsw), the result rounded half up and saturated to 0..255 by the pack that interleaves it.
+/* The same row in 16-bit fixed point, 32 pixels of a planar row at a time (twice the lanes of
+   float and no conversions): the pixel after `pre` in 1/128 of a level (a 256-entry table per
+   channel, looked up by word permutes), A in 1/4096 (each row's cells quantised once, all at once;
+   d = the next cell's A minus this one's), sums in 1/16 of a level, f in 1/32768; each product
+   rounded (vpmulhrsw), the result rounded half up and saturated to 0..255.
    At most about 0.3 of a level from the float path before rounding. The caller checks the grid's
    range (no sum can leave 16 bits). */
 static inline __m512i lut256_epi16(const int16_t* restrict t, __m512i idx) {
@@ -361,16 +320,6 @@ static inline __m512i affine3_epi16(__m512i t0, __m512i t1, __m512i t2, const in
     return _mm512_adds_epi16(s, _mm512_adds_epi16(_mm512_mulhrs_epi16(t2, _mm512_set1_epi16(q[2])),
                                                   _mm512_set1_epi16(q[3])));
 }
-
-/* The 16-bit row's output, interleaved RGB: packus(r, g) and packus(b, b) hold 8 pixels of each
-   channel per 128-bit lane (saturated to 0..255); these tables interleave them into 96 bytes. */
-static const int8_t PACKED32_LO[64] = {
-    0, 8, 64, 1, 9, 65, 2, 10, 66, 3, 11, 67, 4, 12, 68, 5, 13, 69, 6, 14, 70, 7, 15, 71,
-    16, 24, 80, 17, 25, 81, 18, 26, 82, 19, 27, 83, 20, 28, 84, 21, 29, 85, 22, 30, 86, 23, 31, 87,
-    32, 40, 96, 33, 41, 97, 34, 42, 98, 35, 43, 99, 36, 44, 100, 37};
-static const int8_t PACKED32_HI[64] = {
-    45, 101, 38, 46, 102, 39, 47, 103, 48, 56, 112, 49, 57, 113, 50, 58,
-    114, 51, 59, 115, 52, 60, 116, 53, 61, 117, 54, 62, 118, 55, 63, 119};
 
 /* A row's grid coefficients (gw cells x 12, float) in the 16-bit path's units, all cells at once:
    q = A in 1/4096 and b in 1/16 of a level (plus 8: the rounding of the final >> 4), d = the next
@@ -391,7 +340,6 @@ static void quantise_row(const float* restrict row, int gw, int16_t* restrict q,
 static void row_int16(const uint8_t* restrict p, uint8_t* restrict o, int64_t w, int64_t cs,
                       const int16_t* restrict rq, const int16_t* restrict rd, const int32_t* restrict i0,
                       const int64_t* restrict span_end, const int16_t* restrict fq, const int16_t* restrict tables) {
-    const __m512i lo_idx = _mm512_loadu_si512(PACKED32_LO), hi_idx = _mm512_loadu_si512(PACKED32_HI);
     for (int64_t xs = 0; xs < w;) {
         const int16_t *aq = rq + 12 * i0[xs], *dq = rd + 12 * i0[xs];
         int64_t xe = span_end[xs];
@@ -413,27 +361,130 @@ static void row_int16(const uint8_t* restrict p, uint8_t* restrict o, int64_t w,
                                               _mm512_mulhrs_epi16(f, affine3_epi16(r, g, b, dq + 4 * ch)));
                 out[ch] = _mm512_srai_epi16(v, 4);
             }
-            if (cs == 1) {
-                __m512i rg = _mm512_packus_epi16(out[0], out[1]), bb = _mm512_packus_epi16(out[2], out[2]);
-                __m512i lo = _mm512_permutex2var_epi8(rg, lo_idx, bb), hi = _mm512_permutex2var_epi8(rg, hi_idx, bb);
-                if (n == 32) {
-                    _mm512_storeu_si512(o + 3 * i, lo);
-                    _mm256_storeu_si256((__m256i*)(o + 3 * i + 64), _mm512_castsi512_si256(hi));
-                } else {
-                    _mm512_mask_storeu_epi8(o + 3 * i, bytes_mask(3 * n), lo);
-                    _mm512_mask_storeu_epi8(o + 3 * i + 64, bytes_mask(3 * n - 64), hi);
-                }
+            __m512i zero = _mm512_setzero_si512();
+            store32(o, i, n, cs, _mm512_cvtusepi16_epi8(_mm512_max_epi16(out[0], zero)),
+                    _mm512_cvtusepi16_epi8(_mm512_max_epi16(out[1], zero)),
+                    _mm512_cvtusepi16_epi8(_mm512_max_epi16(out[2], zero)));
+        }
+        xs = xe;
+    }
+}
+
+/* Interleaved RGB rows, 64 pixels (192 bytes) a block: the tone curves are looked up on bytes, 64
+   lanes at a time (the high and the low byte of each 16-bit table entry from two 128-byte halves,
+   chosen by the index's top bit), and unpacking low and high bytes gives the 16-bit values of two
+   halves of the block, pixels 16 L + 0..7 and 16 L + 8..15 of each 128-bit lane L; f follows that
+   order, and packing the halves back restores the pixel order. Same arithmetic, same results as
+   row_int16. The byte-permute index tables, built once per call (block64_tables). */
+typedef struct {
+    int8_t split_a[3][64], split_c[3][64], merge_rg[3][64], merge_b[3][64];
+    __mmask64 split_m[3], merge_m[3];
+    int16_t f_order[2][32];
+    uint8_t hi[3][256], lo[3][256];  /* the tone tables' high and low bytes */
+} block64_t;
+
+static void block64_tables(block64_t* t, const int16_t* tables) {
+    for (int c = 0; c < 3; c++) {
+        t->split_m[c] = 0;
+        for (int px = 0; px < 64; px++) {  /* pixel px, channel c: byte 3 px + c of the three loads */
+            int b = 3 * px + c;
+            t->split_a[c][px] = (int8_t)(b < 128 ? b : 0);
+            t->split_c[c][px] = (int8_t)(b < 128 ? 0 : b - 128);
+            if (b >= 128) t->split_m[c] |= 1ull << px;
+        }
+    }
+    for (int o = 0; o < 3; o++) {
+        t->merge_m[o] = 0;
+        for (int j = 0; j < 64; j++) {  /* output byte 64 o + j: pixel q / 3, channel q % 3 */
+            int q = 64 * o + j, px = q / 3, c = q % 3;
+            t->merge_rg[o][j] = (int8_t)(c == 0 ? px : c == 1 ? 64 + px : 0);
+            t->merge_b[o][j] = (int8_t)(c == 2 ? px : 0);
+            if (c == 2) t->merge_m[o] |= 1ull << j;
+        }
+    }
+    for (int lane = 0; lane < 4; lane++)
+        for (int m = 0; m < 8; m++) {
+            t->f_order[0][8 * lane + m] = (int16_t)(16 * lane + m);
+            t->f_order[1][8 * lane + m] = (int16_t)(16 * lane + 8 + m);
+        }
+    if (tables)
+        for (int c = 0; c < 3; c++)
+            for (int v = 0; v < 256; v++) {
+                t->hi[c][v] = (uint8_t)((uint16_t)tables[256 * c + v] >> 8);
+                t->lo[c][v] = (uint8_t)((uint16_t)tables[256 * c + v] & 255);
+            }
+}
+
+static inline void tone64(const block64_t* t, int c, int use_tables, __m512i u, __m512i* w0, __m512i* w1) {
+    if (!use_tables) {
+        __m512i zero = _mm512_setzero_si512();
+        *w0 = _mm512_slli_epi16(_mm512_unpacklo_epi8(u, zero), 7);
+        *w1 = _mm512_slli_epi16(_mm512_unpackhi_epi8(u, zero), 7);
+        return;
+    }
+    __mmask64 top = _mm512_movepi8_mask(u);
+    const uint8_t *hi = t->hi[c], *lo = t->lo[c];
+    __m512i h = _mm512_mask_blend_epi8(top,
+        _mm512_permutex2var_epi8(_mm512_loadu_si512(hi), u, _mm512_loadu_si512(hi + 64)),
+        _mm512_permutex2var_epi8(_mm512_loadu_si512(hi + 128), u, _mm512_loadu_si512(hi + 192)));
+    __m512i l = _mm512_mask_blend_epi8(top,
+        _mm512_permutex2var_epi8(_mm512_loadu_si512(lo), u, _mm512_loadu_si512(lo + 64)),
+        _mm512_permutex2var_epi8(_mm512_loadu_si512(lo + 128), u, _mm512_loadu_si512(lo + 192)));
+    *w0 = _mm512_unpacklo_epi8(l, h);
+    *w1 = _mm512_unpackhi_epi8(l, h);
+}
+
+static void row_int16_hwc64(const uint8_t* restrict p, uint8_t* restrict o, int64_t w,
+                            const int16_t* restrict rq, const int16_t* restrict rd, const int32_t* restrict i0,
+                            const int64_t* restrict span_end, const int16_t* restrict fq, int use_tables,
+                            const block64_t* restrict t) {
+    const __m512i fo0 = _mm512_loadu_si512(t->f_order[0]), fo1 = _mm512_loadu_si512(t->f_order[1]);
+    for (int64_t xs = 0; xs < w;) {
+        const int16_t *aq = rq + 12 * i0[xs], *dq = rd + 12 * i0[xs];
+        int64_t xe = span_end[xs];
+        for (int64_t i = xs; i < xe; i += 64) {
+            int64_t n = xe - i < 64 ? xe - i : 64;
+            const uint8_t* q = p + 3 * i;
+            __m512i v[3], fa, fb;
+            if (n == 64) {
+                for (int k = 0; k < 3; k++) v[k] = _mm512_loadu_si512(q + 64 * k);
+                fa = _mm512_loadu_si512(fq + i); fb = _mm512_loadu_si512(fq + i + 32);
             } else {
-                __m512i zero = _mm512_setzero_si512();
-                store32(o, i, n, cs, _mm512_cvtusepi16_epi8(_mm512_max_epi16(out[0], zero)),
-                        _mm512_cvtusepi16_epi8(_mm512_max_epi16(out[1], zero)),
-                        _mm512_cvtusepi16_epi8(_mm512_max_epi16(out[2], zero)));
+                for (int k = 0; k < 3; k++) v[k] = _mm512_maskz_loadu_epi8(bytes_mask(3 * n - 64 * k), q + 64 * k);
+                fa = _mm512_maskz_loadu_epi16((__mmask32)bytes_mask(n), fq + i);
+                fb = _mm512_maskz_loadu_epi16((__mmask32)bytes_mask(n - 32), fq + i + 32);
+            }
+            __m512i x[2][3];  /* [half][channel], 16-bit, after the tone curves */
+            for (int c = 0; c < 3; c++) {
+                __m512i u = _mm512_mask_blend_epi8(t->split_m[c],
+                    _mm512_permutex2var_epi8(v[0], _mm512_loadu_si512(t->split_a[c]), v[1]),
+                    _mm512_permutexvar_epi8(_mm512_loadu_si512(t->split_c[c]), v[2]));
+                tone64(t, c, use_tables, u, &x[0][c], &x[1][c]);
+            }
+            __m512i f[2] = {_mm512_permutex2var_epi16(fa, fo0, fb), _mm512_permutex2var_epi16(fa, fo1, fb)};
+            __m512i res[2][3];
+            for (int c = 0; c < 3; c++)  /* channel by channel: its 8 coefficients, both halves */
+                for (int hf = 0; hf < 2; hf++) {
+                    __m512i s = _mm512_adds_epi16(affine3_epi16(x[hf][0], x[hf][1], x[hf][2], aq + 4 * c),
+                                                  _mm512_mulhrs_epi16(f[hf], affine3_epi16(x[hf][0], x[hf][1],
+                                                                                           x[hf][2], dq + 4 * c)));
+                    res[hf][c] = _mm512_srai_epi16(s, 4);
+                }
+            __m512i R = _mm512_packus_epi16(res[0][0], res[1][0]), G = _mm512_packus_epi16(res[0][1], res[1][1]);
+            __m512i B = _mm512_packus_epi16(res[0][2], res[1][2]);
+            for (int k = 0; k < 3; k++) {
+                __m512i out = _mm512_mask_blend_epi8(t->merge_m[k],
+                    _mm512_permutex2var_epi8(R, _mm512_loadu_si512(t->merge_rg[k]), G),
+                    _mm512_permutexvar_epi8(_mm512_loadu_si512(t->merge_b[k]), B));
+                if (n == 64) _mm512_storeu_si512(o + 3 * i + 64 * k, out);
+                else _mm512_mask_storeu_epi8(o + 3 * i + 64 * k, bytes_mask(3 * n - 64 * k), out);
             }
         }
         xs = xe;
     }
 }
 #endif
+
 
 /* x, out: nimg images of h x w RGB uint8, HWC (planar = 0) or CHW (planar = 1).
    grid: (nimg, gh, gw, 12) float [A | b] in units of 255: out = A @ pre(rgb) + b.
@@ -448,6 +499,10 @@ void affine_grid_u8(const uint8_t* x, uint8_t* out, int64_t nimg, int64_t h, int
     int16_t* fq = malloc(sizeof(int16_t) * (w + 32));
     for (int64_t i = 0; i < w; i++) fq[i] = round16(fx[i] * 32768.f < 32767.f ? fx[i] * 32768.f : 32767.f);
     int64_t* span_end = malloc(sizeof(int64_t) * (w + 1));  /* where the run of pixels sharing pixel i's cell ends */
+#ifdef HAVE_AVX512
+    block64_t b64;
+    if (fixed && !planar) block64_tables(&b64, tables);
+#endif
     for (int64_t i = w - 1; i >= 0; i--) span_end[i] = (i + 1 < w && i0[i + 1] == i0[i]) ? span_end[i + 1] : i + 1;
     #pragma omp parallel num_threads(nthreads)
     {
@@ -467,7 +522,8 @@ void affine_grid_u8(const uint8_t* x, uint8_t* out, int64_t nimg, int64_t h, int
 #ifdef HAVE_AVX512
             if (fixed) {
                 quantise_row(row, gw, rq, rd);
-                row_int16(x + offset, out + offset, w, cs, rq, rd, i0, span_end, fq, tables);
+                if (planar) row_int16(x + offset, out + offset, w, cs, rq, rd, i0, span_end, fq, tables);
+                else row_int16_hwc64(x + offset, out + offset, w, rq, rd, i0, span_end, fq, tables != 0, &b64);
             }
             else row_avx512(x + offset, out + offset, w, cs, row, gw, i0, span_end, fx, pre_kind, pre);
 #else
