@@ -13,7 +13,8 @@ are not photos are listed as skipped. Inputs are never overwritten.
 
 Throughput: 8-bit photos stay uint8 from decode to encode (core/pipeline.py, edit_batch);
 `--workers` threads decode the next photos and encode the finished ones while the device
-computes (PIL releases the GIL), photos of one size go through in batches of `--batch-size`, and
+computes (PIL releases the GIL), photos of one size go through in batches of `--batch-size` (4:
+their working copies through the network together, each photo's pixels never stacked), and
 the run ends with photos/s and the time of each part. On CUDA, JPEGs are decoded and encoded on
 the GPU (torchvision.io, `--io torchvision`). Under torchrun or accelerate launch every process
 takes its own share of the sorted photo list (resuming on its own); rank 0 writes the summary

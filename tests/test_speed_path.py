@@ -142,6 +142,22 @@ def test_lut_pipeline_on_uint8_matches_its_float_path():
         assert levels(got.permute(1, 2, 0).numpy(), pipe(photo)) <= 1
 
 
+def test_curve_pipeline_takes_a_list_photo_by_photo():
+    """The curve (a per-pixel model) edits a list of photos one at a time, as each alone, with the
+    batch's timings summed over the photos."""
+    from core.prior import ColourPrior, CurvePipeline
+
+    x = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(2))
+    pipe = CurvePipeline(ColourPrior.fit([(x, x ** 0.7)], 1e-3))
+    a, b = demo_photo("rocket"), demo_photo("coffee")
+    b = np.asarray(Image.fromarray(b).resize(a.shape[1::-1]))
+    edited = pipe.edit_batch([photo_tensor(a)[0], photo_tensor(b)[0]])
+    total = pipe.timings["model_ms"]
+    alone = [pipe(p) for p in (a, b)]
+    assert all(np.array_equal(e.permute(1, 2, 0).numpy(), o) for e, o in zip(edited, alone))
+    assert not np.array_equal(alone[0], a) and total > 0
+
+
 @pytest.fixture
 def student_dir(tmp_path) -> Path:
     path = tmp_path / "student"
