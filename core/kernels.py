@@ -339,6 +339,13 @@ static void quantise_row(const float* restrict row, int gw, int16_t* restrict q,
     for (int j = n - 12; j < n; j++) d[j] = 0;
 }
 
+/* One output channel of 32 pixels: (A + f D) . [t 1] with A, D one channel's row of the cell (in
+   1/4096, b in 1/16 of a level plus the rounding 8), back to levels (may lie outside 0..255). */
+static inline __m512i grid_epi16(__m512i r, __m512i g, __m512i b, __m512i f, const int16_t* aq, const int16_t* dq) {
+    return _mm512_srai_epi16(_mm512_adds_epi16(affine3_epi16(r, g, b, aq),
+                                               _mm512_mulhrs_epi16(f, affine3_epi16(r, g, b, dq))), 4);
+}
+
 static void row_int16(const uint8_t* restrict p, uint8_t* restrict o, int64_t w, int64_t cs,
                       const int16_t* restrict rq, const int16_t* restrict rd, const int32_t* restrict i0,
                       const int64_t* restrict span_end, const int16_t* restrict fq, const int16_t* restrict tables) {
@@ -358,11 +365,7 @@ static void row_int16(const uint8_t* restrict p, uint8_t* restrict o, int64_t w,
             __m512i f = n == 32 ? _mm512_loadu_si512(fq + i)
                                 : _mm512_maskz_loadu_epi16((__mmask32)bytes_mask(n), fq + i);
             __m512i out[3];
-            for (int ch = 0; ch < 3; ch++) {
-                __m512i v = _mm512_adds_epi16(affine3_epi16(r, g, b, aq + 4 * ch),
-                                              _mm512_mulhrs_epi16(f, affine3_epi16(r, g, b, dq + 4 * ch)));
-                out[ch] = _mm512_srai_epi16(v, 4);
-            }
+            for (int ch = 0; ch < 3; ch++) out[ch] = grid_epi16(r, g, b, f, aq + 4 * ch, dq + 4 * ch);
             __m512i zero = _mm512_setzero_si512();
             store32(o, i, n, cs, _mm512_cvtusepi16_epi8(_mm512_max_epi16(out[0], zero)),
                     _mm512_cvtusepi16_epi8(_mm512_max_epi16(out[1], zero)),
@@ -466,12 +469,8 @@ static void row_int16_hwc64(const uint8_t* restrict p, uint8_t* restrict o, int6
             __m512i f[2] = {_mm512_permutex2var_epi16(fa, fo0, fb), _mm512_permutex2var_epi16(fa, fo1, fb)};
             __m512i res[2][3];
             for (int c = 0; c < 3; c++)  /* channel by channel: its 8 coefficients, both halves */
-                for (int hf = 0; hf < 2; hf++) {
-                    __m512i s = _mm512_adds_epi16(affine3_epi16(x[hf][0], x[hf][1], x[hf][2], aq + 4 * c),
-                                                  _mm512_mulhrs_epi16(f[hf], affine3_epi16(x[hf][0], x[hf][1],
-                                                                                           x[hf][2], dq + 4 * c)));
-                    res[hf][c] = _mm512_srai_epi16(s, 4);
-                }
+                for (int hf = 0; hf < 2; hf++)
+                    res[hf][c] = grid_epi16(x[hf][0], x[hf][1], x[hf][2], f[hf], aq + 4 * c, dq + 4 * c);
             __m512i R = _mm512_packus_epi16(res[0][0], res[1][0]), G = _mm512_packus_epi16(res[0][1], res[1][1]);
             __m512i B = _mm512_packus_epi16(res[0][2], res[1][2]);
             for (int k = 0; k < 3; k++) {
