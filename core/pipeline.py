@@ -71,19 +71,6 @@ def photo_list(x: torch.Tensor | Sequence[torch.Tensor], out=None, device=None
     return photos, outs, out if isinstance(x, torch.Tensor) else None
 
 
-def each_photo(pipe, x, out) -> torch.Tensor | list[torch.Tensor]:
-    """pipe.edit_batch(x) photo by photo (a full-resolution model: one pass over the pixels, nothing
-    to batch), its timings summed over the photos; x, out as in EditPipeline.edit_batch."""
-    photos, outs, result = photo_list(x, out)
-    edited, timings = [], {}
-    for p, o in zip(photos, outs):
-        edited.append(pipe.edit_batch(p[None], out=None if o is None else o[None])[0])
-        for k, v in pipe.timings.items():
-            timings[k] = timings.get(k, 0.0) + v
-    pipe.timings = timings
-    return edited if result is None else result
-
-
 REDUCING_GAP = 3.0  # box-reduce first while the rest of the downscale stays at least this factor
 
 

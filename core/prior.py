@@ -251,21 +251,20 @@ class CurvePipeline:
     @torch.no_grad()
     def edit_batch(self, x: torch.Tensor | list[torch.Tensor], lo: torch.Tensor | None = None,
                    out: torch.Tensor | list[torch.Tensor] | None = None) -> torch.Tensor | list[torch.Tensor]:
-        """(B, 3, H, W) uint8 (or a list of (3, H, W)) -> the curve applied, uint8 in x's layout (`lo` unused)."""
-        if isinstance(x, (list, tuple)):  # a list of (3, H, W) photos: one at a time
-            from core.pipeline import each_photo
-
-            return each_photo(self, x, out)
+        """(B, 3, H, W) uint8, or a list of (3, H, W) photos of one size -> the curve applied, uint8 in x's
+        form and layout, photo by photo (`lo` unused)."""
         from core.models import device_clock
+        from core.pipeline import photo_list
         from core.transfer import apply_affine_grid_u8
 
         t0 = device_clock(self.device)
-        x = x.to(self.device, non_blocking=True)
-        identity = torch.eye(3, 4, device=self.device).expand(x.shape[0], 1, 1, 3, 4)
-        out = apply_affine_grid_u8(x, identity, out=out, pre=self.prior)
+        photos, outs, result = photo_list(x, out, self.device)
+        identity = torch.eye(3, 4, device=self.device).expand(1, 1, 1, 3, 4)
+        edited = [apply_affine_grid_u8(p[None], identity, out=None if o is None else o[None], pre=self.prior)[0]
+                  for p, o in zip(photos, outs)]
         self.timings = {"resize_ms": 0.0, "encode_ms": 0.0, "model_ms": (device_clock(self.device) - t0) * 1e3,
                         "decode_ms": 0.0, "fit_ms": 0.0, "transfer_ms": 0.0}
-        return out
+        return edited if result is None else result
 
     @torch.no_grad()
     def __call__(self, rgb: np.ndarray) -> np.ndarray:

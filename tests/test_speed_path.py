@@ -143,8 +143,8 @@ def test_lut_pipeline_on_uint8_matches_its_float_path():
 
 
 def test_curve_pipeline_takes_a_list_photo_by_photo():
-    """The curve (a per-pixel model) edits a list of photos one at a time, as each alone, with the
-    batch's timings summed over the photos."""
+    """The curve (a per-pixel model) edits a list of photos one at a time, as each alone, and times
+    the whole batch."""
     from core.prior import ColourPrior, CurvePipeline
 
     x = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(2))
