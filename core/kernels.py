@@ -686,46 +686,58 @@ void grid_moments(const float* x, const float* y, int64_t nimg, int64_t h, int64
 }
 
 /* The packed table of the AVX-512 look-up, straight from the LUT: lut (nimg, 3, s, s, s) in levels,
-   indexed [channel][blue][green][red]; out (nimg, 256, s, s - 1) int64: at each of the 256 red levels
-   (cell idx, weight frac) and green entry, blue entries j and j + 1 side by side, each 32 bits: red
-   and green 11 bits (q = (v + 64) * 16 / 3, a step of 3/16 of a level), blue 10 bits
-   (q = (v + 64) * 8 / 3), v clamped to -64..320 levels. */
-static inline uint32_t pack_entry(const float* t) {
+   indexed [channel][blue][green][red]; out (256, 256, s) uint32 for image bi: at each red level
+   (cell idx, weight frac) and blue level, the LUT interpolated along red and blue, at each of the s
+   green entries (side by side: a pixel's two green neighbours are one 64-bit word), three channels in
+   32 bits: red and green 11 bits (q = (v + 64) * 16 / 3, a step of 3/16 of a level), blue 10 bits
+   (q = (v + 64) * 8 / 3), v clamped to -64..320 levels. 16 green entries at a time in registers. */
+#ifdef HAVE_AVX512
+static inline __m512i pack16(__m512 fb, __mmask16 m, const float* a, const float* z, int64_t stride) {
     const float scale[3] = {16.f / 3.f, 16.f / 3.f, 8.f / 3.f}, top[3] = {2047.f, 2047.f, 1023.f};
-    uint32_t v = 0;
-    for (int c = 0; c < 3; c++) {
-        float q = (t[c] + 64.f) * scale[c] + 0.5f;  /* truncation below rounds half up */
-        q = q < 0.f ? 0.f : (q > top[c] ? top[c] : q);
-        v |= (uint32_t)q << (11 * c);
+    __m512i v = _mm512_setzero_si512();
+    for (int c = 0; c < 3; c++) {  /* truncation of q + 0.5 rounds half up */
+        __m512 lo = _mm512_maskz_loadu_ps(m, a + c * stride), hi = _mm512_maskz_loadu_ps(m, z + c * stride);
+        __m512 q = _mm512_fmadd_ps(_mm512_add_ps(_mm512_fmadd_ps(fb, _mm512_sub_ps(hi, lo), lo), _mm512_set1_ps(64.f)),
+                                   _mm512_set1_ps(scale[c]), _mm512_set1_ps(0.5f));
+        q = _mm512_min_ps(_mm512_max_ps(q, _mm512_setzero_ps()), _mm512_set1_ps(top[c]));
+        v = _mm512_or_si512(v, _mm512_slli_epi32(_mm512_cvttps_epi32(q), 11 * c));
     }
     return v;
 }
 
-void pack_lut(const float* restrict lut, int64_t nimg, int s, const int32_t* restrict idx,
-              const float* restrict frac, int64_t* restrict out, int nthreads) {
+void pack_lut(const float* restrict lut, int64_t bi, int s, const int32_t* restrict idx,
+              const float* restrict frac, uint32_t* restrict out, int nthreads) {
     int64_t s2 = (int64_t)s * s, s3 = s2 * s;
     #pragma omp parallel num_threads(nthreads)
     {
-        float* e = malloc(sizeof(float) * 3 * s);
+        float* e = malloc(sizeof(float) * 3 * s2 + 64);  /* [channel][blue][green] at this red level */
         #pragma omp for schedule(static)
-        for (int64_t iv = 0; iv < nimg * 256; iv++) {
-            int64_t bi = iv / 256;
-            int v = (int)(iv % 256), r0 = idx[v];
+        for (int v = 0; v < 256; v++) {
+            int r0 = idx[v];
             float f = frac[v];
-            for (int gi = 0; gi < s; gi++) {
+            for (int c = 0; c < 3; c++)
                 for (int bj = 0; bj < s; bj++)
-                    for (int c = 0; c < 3; c++) {
+                    for (int gi = 0; gi < s; gi++) {
                         const float* t = lut + (bi * 3 + c) * s3 + bj * s2 + (int64_t)gi * s + r0;
-                        e[3 * bj + c] = t[0] + f * (t[1] - t[0]);
+                        e[(c * s + bj) * s + gi] = t[0] + f * (t[1] - t[0]);
                     }
-                int64_t* o = out + (iv * s + gi) * (s - 1);
-                for (int bj = 0; bj + 1 < s; bj++)
-                    o[bj] = (int64_t)pack_entry(e + 3 * bj) | ((int64_t)pack_entry(e + 3 * bj + 3) << 32);
+            for (int b = 0; b < 256; b++) {
+                const float* a = e + idx[b] * s;
+                __m512 fb = _mm512_set1_ps(frac[b]);
+                uint32_t* o = out + ((int64_t)v * 256 + b) * s;
+                for (int gi = 0; gi < s; gi += 16) {
+                    __mmask16 m = (__mmask16)(s - gi >= 16 ? 0xffff : (1u << (s - gi)) - 1);
+                    _mm512_mask_storeu_epi32(o + gi, m, pack16(fb, m, a + gi, a + s + gi, s2));
+                }
             }
         }
         free(e);
     }
 }
+#else
+void pack_lut(const float* lut, int64_t bi, int s, const int32_t* idx, const float* frac, uint32_t* out,
+              int nthreads) {}
+#endif
 
 /* Does this build have the 16-bit path (AVX-512 BW + VBMI)? */
 int has_fixed_point(void) {
@@ -756,16 +768,15 @@ static void lut_row(const uint8_t* restrict p, uint8_t* restrict o, int64_t w, i
 }
 
 #ifdef HAVE_AVX512
-/* The same look-up 16 pixels at a time from the packed table (pack_lut): one 64-bit gather brings
-   both blue neighbours of a (red level, green cell) row, so a pixel costs two gathered words, not
-   twelve floats; the interpolation runs on the fixed-point values, scaled back at the end. */
+/* The same look-up 16 pixels at a time from the packed table (pack_lut): a pixel's red and blue
+   levels and green cell pick one 64-bit word (green entries gi and gi + 1), two 8-lane gathers for
+   16 pixels; the interpolation along green runs on the fixed-point values, scaled back at the end. */
 static void lut_row_packed(const uint8_t* restrict p, uint8_t* restrict o, int64_t w, int64_t cs,
-                           const int64_t* restrict tb, int s) {
+                           const uint32_t* restrict tb, int s) {
     static const int32_t even_idx[16] = {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30};
     const __m512i even = _mm512_loadu_si512(even_idx), odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
     const __m512 step = _mm512_set1_ps((float)(s - 1) / 255.f);
-    const __m512i top = _mm512_set1_epi32(s - 2), row = _mm512_set1_epi32(s - 1);
-    const __m512i plane = _mm512_set1_epi32(s * (s - 1));
+    const __m512i top = _mm512_set1_epi32(s - 2), rs = _mm512_set1_epi32(256 * s), bs = _mm512_set1_epi32(s);
     const __m512i m11 = _mm512_set1_epi32(2047), m10 = _mm512_set1_epi32(1023);
     const float back[3] = {3.f / 16.f, 3.f / 16.f, 3.f / 8.f};
     for (int64_t i = 0; i < w; i += 16) {
@@ -773,30 +784,21 @@ static void lut_row_packed(const uint8_t* restrict p, uint8_t* restrict o, int64
         __mmask16 m16 = (__mmask16)((1u << n) - 1);
         __m128i r8, g8, b8;
         load16(p, i, n, w, cs, &r8, &g8, &b8);
-        __m512i r = _mm512_cvtepu8_epi32(r8), g = _mm512_cvtepu8_epi32(g8), b = _mm512_cvtepu8_epi32(b8);
-        __m512 gp = _mm512_mul_ps(_mm512_cvtepi32_ps(g), step), bp = _mm512_mul_ps(_mm512_cvtepi32_ps(b), step);
+        __m512 gp = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(g8)), step);
         __m512i gi = _mm512_min_epi32(_mm512_cvttps_epi32(gp), top);
-        __m512i bi = _mm512_min_epi32(_mm512_cvttps_epi32(bp), top);
-        __m512 fg = _mm512_sub_ps(gp, _mm512_cvtepi32_ps(gi)), fb = _mm512_sub_ps(bp, _mm512_cvtepi32_ps(bi));
-        __m512i base = _mm512_add_epi32(_mm512_mullo_epi32(r, plane),
-                                        _mm512_add_epi32(_mm512_mullo_epi32(gi, row), bi));
+        __m512 fg = _mm512_sub_ps(gp, _mm512_cvtepi32_ps(gi));
+        __m512i base = _mm512_add_epi32(_mm512_add_epi32(_mm512_mullo_epi32(_mm512_cvtepu8_epi32(r8), rs),
+                                                         _mm512_mullo_epi32(_mm512_cvtepu8_epi32(b8), bs)), gi);
         base = _mm512_maskz_mov_epi32(m16, base);  /* lanes past the row read entry 0 */
-        __m512 v[2][3];
-        for (int q = 0; q < 2; q++) {  /* green cell gi, then gi + 1 */
-            __m512i idx = q ? _mm512_add_epi32(base, row) : base;
-            __m512i lo = _mm512_i32gather_epi64(_mm512_castsi512_si256(idx), tb, 8);
-            __m512i hi = _mm512_i32gather_epi64(_mm512_extracti64x4_epi64(idx, 1), tb, 8);
-            __m512i e0 = _mm512_permutex2var_epi32(lo, even, hi), e1 = _mm512_permutex2var_epi32(lo, odd, hi);
-            for (int c = 0; c < 3; c++) {
-                __m512i mask = c < 2 ? m11 : m10;
-                __m512 a = _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srli_epi32(e0, 11 * c), mask));
-                __m512 z = _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srli_epi32(e1, 11 * c), mask));
-                v[q][c] = _mm512_fmadd_ps(fb, _mm512_sub_ps(z, a), a);
-            }
-        }
+        __m512i lo = _mm512_i32gather_epi64(_mm512_castsi512_si256(base), tb, 4);
+        __m512i hi = _mm512_i32gather_epi64(_mm512_extracti64x4_epi64(base, 1), tb, 4);
+        __m512i e0 = _mm512_permutex2var_epi32(lo, even, hi), e1 = _mm512_permutex2var_epi32(lo, odd, hi);
         __m128i out8[3];
         for (int c = 0; c < 3; c++) {
-            __m512 q = _mm512_fmadd_ps(fg, _mm512_sub_ps(v[1][c], v[0][c]), v[0][c]);
+            __m512i mask = c < 2 ? m11 : m10;
+            __m512 a = _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srli_epi32(e0, 11 * c), mask));
+            __m512 z = _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srli_epi32(e1, 11 * c), mask));
+            __m512 q = _mm512_fmadd_ps(fg, _mm512_sub_ps(z, a), a);
             out8[c] = ps_u8(_mm512_fmadd_ps(q, _mm512_set1_ps(back[c]), _mm512_set1_ps(-64.f)));
         }
         store16(o, i, n, cs, out8[0], out8[1], out8[2]);
@@ -805,20 +807,24 @@ static void lut_row_packed(const uint8_t* restrict p, uint8_t* restrict o, int64
 #endif
 
 void lut3d_u8(const uint8_t* x, uint8_t* out, int64_t nimg, int64_t h, int64_t w, int planar,
-              const float* table, int s, const int32_t* idx, const float* frac, const int64_t* packed, int nthreads) {
-    int64_t cs = planar ? h * w : 1, ps = planar ? 1 : 3;
-    #pragma omp parallel for num_threads(nthreads) schedule(static)
-    for (int64_t by = 0; by < nimg * h; by++) {
-        int64_t bi = by / h, y = by % h;
-        int64_t offset = planar ? bi * 3 * h * w + y * w : (bi * h + y) * w * 3;
+              const float* table, int s, const int32_t* idx, const float* frac, const float* levels,
+              uint32_t* packed, int nthreads) {
+    int64_t cs = planar ? h * w : 1;
+    for (int64_t bi = 0; bi < nimg; bi++) {
+        if (packed) pack_lut(levels, bi, s, idx, frac, packed, nthreads);
+        #pragma omp parallel for num_threads(nthreads) schedule(static)
+        for (int64_t y = 0; y < h; y++) {
+            int64_t offset = planar ? bi * 3 * h * w + y * w : (bi * h + y) * w * 3;
 #ifdef HAVE_AVX512
-        if (packed) {
-            lut_row_packed(x + offset, out + offset, w, cs, packed + bi * 256 * s * (s - 1), s);
-            continue;
-        }
+            if (packed) {
+                lut_row_packed(x + offset, out + offset, w, cs, packed, s);
+                continue;
+            }
 #endif
-        if (planar) lut_row(x + offset, out + offset, w, 1, cs, table + bi * 256 * s * s * 3, s, idx, frac);
-        else lut_row(x + offset, out + offset, w, 3, 1, table + bi * 256 * s * s * 3, s, idx, frac);
+            const float* tb = table + bi * 256 * s * s * 3;
+            if (planar) lut_row(x + offset, out + offset, w, 1, cs, tb, s, idx, frac);
+            else lut_row(x + offset, out + offset, w, 3, 1, tb, s, idx, frac);
+        }
     }
 }
 """
@@ -871,7 +877,7 @@ def _build() -> ctypes.CDLL:
                                     i32]
     lib.pack_lut.argtypes = [ptr, i64, i32, ptr, ptr, ptr, i32]
     lib.grid_moments.argtypes = [ptr, ptr, i64, i64, i64, i32, i32, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i32]
-    lib.lut3d_u8.argtypes = [ptr, ptr, i64, i64, i64, i32, ptr, i32, ptr, ptr, ptr, i32]
+    lib.lut3d_u8.argtypes = [ptr, ptr, i64, i64, i64, i32, ptr, i32, ptr, ptr, ptr, ptr, i32]
     return lib
 
 
@@ -1054,9 +1060,10 @@ def lut_levels(size: int) -> tuple[torch.Tensor, torch.Tensor]:
 def lut3d_u8(x: torch.Tensor, lut: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """x (B, 3, H, W) uint8 through per-image trilinear LUTs lut (B, 3, S, S, S) (outputs in [0, 1],
     indexed [channel][blue][green][red], as grid_sample reads them). Returns uint8 (into `out`).
-    With AVX-512: the LUT at the 256 red levels packed in one C pass (pack_lut: blue neighbours side by
-    side in 32-bit fixed point, each corner within 0.19 of a level; entries clamped to -64..320 levels,
-    which changes no output unless the LUT maps that far outside 0..255), two 64-bit gathers a pixel.
+    With AVX-512, image by image: the LUT interpolated along red and blue at every pair of their 256
+    levels, packed in one C pass (pack_lut: 256 x 256 x S words of 32-bit fixed point, 8.7 MB at S = 33,
+    each within 0.19 of a level; entries clamped to -64..320 levels, which changes no output unless the
+    LUT maps that far outside 0..255); then one 64-bit gather a pixel brings its two green neighbours.
     Otherwise the LUT interpolated at the 256 red levels in float and a plain C loop."""
     x, planar = _layout(x)
     out = _output(x, out)
@@ -1068,13 +1075,12 @@ def lut3d_u8(x: torch.Tensor, lut: torch.Tensor, out: torch.Tensor | None = None
     idx = idx.int()  # kept in names: a temporary's memory could be freed before the call reads it
     levels = (lut.detach().to("cpu", torch.float32) * 255).contiguous()
     if _lib.has_fixed_point():
-        table = None
-        packed = torch.empty(b, 256, s, s - 1, dtype=torch.int64)
-        _lib.pack_lut(_ptr(levels), b, s, _ptr(idx), _ptr(frac), _ptr(packed), torch.get_num_threads())
+        table, packed = None, torch.empty(256 * 256 * s, dtype=torch.int32)  # one image's table at a time
     else:
         packed = None
         red = torch.lerp(levels[..., idx], levels[..., idx + 1], frac)               # (B, 3, S_b, S_g, 256)
         table = red.permute(0, 4, 3, 2, 1).contiguous()                              # (B, 256, S_g, S_b, 3)
     _lib.lut3d_u8(_ptr(x), _ptr(out), b, h, w, planar, None if table is None else _ptr(table), s,
-                  _ptr(idx), _ptr(frac), None if packed is None else _ptr(packed), torch.get_num_threads())
+                  _ptr(idx), _ptr(frac), _ptr(levels), None if packed is None else _ptr(packed),
+                  torch.get_num_threads())
     return out
