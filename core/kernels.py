@@ -552,7 +552,8 @@ void affine_grid_u8(const uint8_t* x, uint8_t* out, int64_t nimg, int64_t h, int
    ceil(w / k)) float, each the mean of its k x k block of uint8 pixels (a partial block at the right
    or bottom edge: the mean of the pixels it has), in levels 0..255. Per block row: the k rows are
    summed in 16 bits, 64 bytes at a time in registers (one read of the photo), into a row of sums;
-   then each run of k pixels: for k <= 16 the three channels of a pixel side by side in one 64-bit
+   then each run of k pixels: for k <= 16 (k a constant in an unrolled loop, one copy per k) the three
+   channels of a pixel side by side in one 64-bit
    word (16-bit fields: a block's sum is at most 16 * 16 * 255 = 65280, so no field carries into the
    next), else one channel at a time in 32 bits. */
 static void sum_rows(const uint8_t* restrict p, int64_t stride, int64_t rows, int64_t n, uint16_t* restrict acc) {
@@ -572,6 +573,36 @@ static void sum_rows(const uint8_t* restrict p, int64_t stride, int64_t rows, in
     for (int64_t j = i; j < n; j++) acc[j] = 0;
     for (int64_t y = 0; y < rows; y++)
         for (int64_t j = i; j < n; j++) acc[j] = (uint16_t)(acc[j] + p[y * stride + j]);
+}
+
+/* One block row's means from its row of sums (interleaved: acc holds 3 w sums), k <= 16: each
+   pixel's three sums read as one 64-bit word; k a constant here (box_row_k below), so the compiler
+   unrolls the run of k words. */
+static inline __attribute__((always_inline)) void box_row_hwc(const uint16_t* restrict acc, float* restrict o,
+                                                              int64_t w, const int k, int64_t rows, int64_t plane) {
+    int64_t wo = (w + k - 1) / k, whole = w / k;
+    float inv = 1.f / (float)(k * rows);
+    for (int64_t xo = 0; xo < wo; xo++) {
+        const uint16_t* a = acc + 3 * k * xo;
+        uint64_t s = 0, word;
+        if (xo < whole) {
+            for (int j = 0; j < k; j++) { memcpy(&word, a + 3 * j, 8); s += word; }
+        } else {  /* the partial block at the right edge */
+            for (int64_t j = 0; j < w - k * xo; j++) { memcpy(&word, a + 3 * j, 8); s += word; }
+            inv = 1.f / (float)((w - k * xo) * rows);
+        }
+        o[xo] = (float)(s & 0xffff) * inv;
+        o[plane + xo] = (float)((s >> 16) & 0xffff) * inv;
+        o[2 * plane + xo] = (float)((s >> 32) & 0xffff) * inv;
+    }
+}
+
+static void box_row_k(const uint16_t* acc, float* o, int64_t w, int k, int64_t rows, int64_t plane) {
+    switch (k) {
+#define K(n) case n: box_row_hwc(acc, o, w, n, rows, plane); return;
+        K(1) K(2) K(3) K(4) K(5) K(6) K(7) K(8) K(9) K(10) K(11) K(12) K(13) K(14) K(15) K(16)
+#undef K
+    }
 }
 
 void box_reduce_u8(const uint8_t* x, float* out, int64_t nimg, int64_t h, int64_t w, int planar, int k,
@@ -596,16 +627,15 @@ void box_reduce_u8(const uint8_t* x, float* out, int64_t nimg, int64_t h, int64_
                 }
             } else {
                 sum_rows(x + (bi * h + y0) * w * 3, 3 * w, rows, 3 * w, acc);
+                if (k <= 16) {
+                    box_row_k(acc, o, w, k, rows, ho * wo);
+                    continue;
+                }
                 for (int64_t xo = 0; xo < wo; xo++) {
                     int64_t x0 = xo * k, x1 = x0 + k < w ? x0 + k : w;
-                    uint64_t s[3] = {0, 0, 0}, word;
-                    if (k <= 16) {
-                        for (int64_t i = x0; i < x1; i++) { memcpy(&word, acc + 3 * i, 8); s[0] += word; }
-                        s[1] = (s[0] >> 16) & 0xffff; s[2] = (s[0] >> 32) & 0xffff; s[0] &= 0xffff;
-                    } else {
-                        for (int64_t i = x0; i < x1; i++)
-                            for (int c = 0; c < 3; c++) s[c] += acc[3 * i + c];
-                    }
+                    uint32_t s[3] = {0, 0, 0};
+                    for (int64_t i = x0; i < x1; i++)
+                        for (int c = 0; c < 3; c++) s[c] += acc[3 * i + c];
                     float inv = 1.f / (float)((x1 - x0) * rows);
                     for (int c = 0; c < 3; c++) o[c * ho * wo + xo] = (float)s[c] * inv;
                 }

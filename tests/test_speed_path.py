@@ -318,9 +318,11 @@ def test_box_reduction_and_the_working_copy_made_from_it():
     from core.pipeline import downscale_u8
 
     g = torch.Generator().manual_seed(5)
-    # k = 4 and 17 (past 16 the channel sums leave the 16-bit fields); rows of 93 and 276 bytes take
-    # the 64-byte vector sums and the scalar tail; partial blocks at the right and bottom edges
-    for k, (h, w) in ((4, (23, 31)), (17, (40, 92))):
+    # every k to 17 (each k <= 16 has its own unrolled loop; past 16 the channel sums leave the 16-bit
+    # fields); rows of 93 bytes and more take the 64-byte vector sums and the scalar tail; partial
+    # blocks at the right and bottom edges
+    for k in range(1, 18):
+        h, w = 2 * k + 3, max(31, 5 * k + 7)
         x = torch.randint(0, 256, (2, 3, h, w), dtype=torch.uint8, generator=g)
         pad = (0, -w % k, 0, -h % k)  # whole blocks of k (the padding counts for nothing below)
         sums = F.avg_pool2d(F.pad(x.float(), pad), k, divisor_override=1)
