@@ -30,6 +30,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 
@@ -139,6 +140,30 @@ static void store_row(uint8_t* restrict p, int64_t cs, const float* restrict R, 
                in [0, 1], m the 20 monomials of degree <= 3 in core.prior.MONOMIALS' order. */
 enum { PRE_NONE = 0, PRE_CURVES = 1, PRE_POLY = 2 };
 
+/* out_c = o_scale clamp(sum_t m_t(r, g, b) k[3 t + c], 0, 1) with (r, g, b) = s * the inputs (PRE_POLY;
+   in and out may be the same rows). */
+static void poly_row(const float* R, const float* G, const float* B, float* O0, float* O1, float* O2, int64_t w,
+                     const float* restrict k, float s, float o_scale) {
+    float k0[20], k1[20], k2[20];  /* per channel, so the loop below is straight-line code gcc vectorises */
+    for (int t = 0; t < 20; t++) { k0[t] = k[3 * t]; k1[t] = k[3 * t + 1]; k2[t] = k[3 * t + 2]; }
+#define POLY(K) (K[0] + K[1] * r + K[2] * g + K[3] * b + K[4] * rr + K[5] * rg + K[6] * rb + K[7] * gg \
+                 + K[8] * gb + K[9] * bb + K[10] * rrr + K[11] * rrg + K[12] * rrb + K[13] * rgg \
+                 + K[14] * rgb + K[15] * rbb + K[16] * ggg + K[17] * ggb + K[18] * gbb + K[19] * bbb)
+    #pragma GCC ivdep  /* pixel i reads and writes only index i: no dependence between iterations */
+    for (int64_t i = 0; i < w; i++) {
+        float r = R[i] * s, g = G[i] * s, b = B[i] * s;
+        float rr = r * r, rg = r * g, rb = r * b, gg = g * g, gb = g * b, bb = b * b;
+        float rrr = rr * r, rrg = rr * g, rrb = rr * b, rgg = r * gg, rgb = r * gb, rbb = r * bb;
+        float ggg = gg * g, ggb = gg * b, gbb = g * bb, bbb = bb * b;
+        float o0 = POLY(k0), o1 = POLY(k1), o2 = POLY(k2);
+        o0 = o0 < 0.f ? 0.f : o0; o1 = o1 < 0.f ? 0.f : o1; o2 = o2 < 0.f ? 0.f : o2;
+        O0[i] = (o0 > 1.f ? 1.f : o0) * o_scale;
+        O1[i] = (o1 > 1.f ? 1.f : o1) * o_scale;
+        O2[i] = (o2 > 1.f ? 1.f : o2) * o_scale;
+    }
+#undef POLY
+}
+
 static void pre_row(float* restrict R, float* restrict G, float* restrict B, int64_t w, int kind,
                     const float* restrict k) {
     if (kind == PRE_CURVES) {
@@ -151,24 +176,21 @@ static void pre_row(float* restrict R, float* restrict G, float* restrict B, int
         }
         return;
     }
-    float k0[20], k1[20], k2[20];  /* per channel, so the loop below is straight-line code gcc vectorises */
-    for (int t = 0; t < 20; t++) { k0[t] = k[3 * t]; k1[t] = k[3 * t + 1]; k2[t] = k[3 * t + 2]; }
-    const float s = 1.f / 255.f;
-#define POLY(K) (K[0] + K[1] * r + K[2] * g + K[3] * b + K[4] * rr + K[5] * rg + K[6] * rb + K[7] * gg \
-                 + K[8] * gb + K[9] * bb + K[10] * rrr + K[11] * rrg + K[12] * rrb + K[13] * rgg \
-                 + K[14] * rgb + K[15] * rbb + K[16] * ggg + K[17] * ggb + K[18] * gbb + K[19] * bbb)
-    for (int64_t i = 0; i < w; i++) {
-        float r = R[i] * s, g = G[i] * s, b = B[i] * s;
-        float rr = r * r, rg = r * g, rb = r * b, gg = g * g, gb = g * b, bb = b * b;
-        float rrr = rr * r, rrg = rr * g, rrb = rr * b, rgg = r * gg, rgb = r * gb, rbb = r * bb;
-        float ggg = gg * g, ggb = gg * b, gbb = g * bb, bbb = bb * b;
-        float o0 = POLY(k0), o1 = POLY(k1), o2 = POLY(k2);
-        o0 = o0 < 0.f ? 0.f : o0; o1 = o1 < 0.f ? 0.f : o1; o2 = o2 < 0.f ? 0.f : o2;
-        R[i] = (o0 > 1.f ? 1.f : o0) * 255.f;
-        G[i] = (o1 > 1.f ? 1.f : o1) * 255.f;
-        B[i] = (o2 > 1.f ? 1.f : o2) * 255.f;
+    poly_row(R, G, B, R, G, B, w, k, 1.f / 255.f, 255.f);
+}
+
+/* The colour prior on float planes in [0, 1] (core.prior.ColourPrior.forward on the CPU): x, out
+   (nimg, 3, hw); each pixel's 20 monomials and three sums in registers, one pass. */
+void prior_planes(const float* x, float* out, int64_t nimg, int64_t hw, const float* k, int nthreads) {
+    const int64_t chunk = 4096;
+    int64_t per = (hw + chunk - 1) / chunk;
+    #pragma omp parallel for num_threads(nthreads) schedule(static)
+    for (int64_t q = 0; q < nimg * per; q++) {
+        int64_t bi = q / per, i0 = (q % per) * chunk, n = hw - i0 < chunk ? hw - i0 : chunk;
+        const float* p = x + bi * 3 * hw + i0;
+        float* o = out + bi * 3 * hw + i0;
+        poly_row(p, p + hw, p + 2 * hw, o, o + hw, o + 2 * hw, n, k, 1.f, 1.f);
     }
-#undef POLY
 }
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512VBMI__)
@@ -902,6 +924,7 @@ def _build() -> ctypes.CDLL:
     lib.affine_grid_u8.argtypes = [ptr, ptr, i64, i64, i64, i32, ptr, i32, i32, ptr, ptr, ptr, ptr, ptr, i32, ptr, ptr,
                                    i32, i32]
     lib.has_fixed_point.restype = ctypes.c_int
+    lib.prior_planes.argtypes = [ptr, ptr, i64, i64, ptr, i32]
     lib.box_reduce_u8.argtypes = [ptr, ptr, i64, i64, i64, i32, i32, i32]
     lib.resample_planes.argtypes = [ptr, ptr, i64, i64, i64, i64, i64, ptr, ptr, ptr, i32, ptr, ptr, ptr, i32,
                                     i32]
@@ -982,6 +1005,18 @@ def affine_grid_u8(x: torch.Tensor, grid: torch.Tensor, j0: torch.Tensor, j1: to
     _lib.affine_grid_u8(_ptr(x), _ptr(out), b, h, w, planar, _ptr(grid), grid.shape[1], grid.shape[2],
                         *map(_ptr, tables), kind, None if pre is None else _ptr(pre),
                         None if lut is None else _ptr(lut), int(fixed), torch.get_num_threads())
+    return out
+
+
+def prior_planes(x: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
+    """The colour prior (core/prior.py) on x (B, 3, H, W) float in [0, 1] on the CPU: clamp(sum_t m_t(x)
+    coeffs[t], 0, 1) with m the 20 monomials of core.prior.MONOMIALS, coeffs (20, 3); one C pass."""
+    k = coeffs.detach().to("cpu", torch.float32).contiguous()
+    if k.shape != (20, 3):
+        raise ValueError(f"core/kernels.py: prior coefficients of shape {tuple(k.shape)}; expected (20, 3)")
+    x = x.float().contiguous()
+    out = torch.empty_like(x)
+    _lib.prior_planes(_ptr(x), _ptr(out), x.shape[0], x.shape[-2] * x.shape[-1], _ptr(k), torch.get_num_threads())
     return out
 
 
@@ -1079,6 +1114,18 @@ def curve_tables(curves: torch.Tensor) -> torch.Tensor:
     return (out.clamp(0, 255) * 128).round().to(torch.int16).T.contiguous()
 
 
+_local = threading.local()
+
+
+def _scratch(n: int) -> torch.Tensor:
+    """An int32 buffer of n words, kept per thread between calls: a fresh 8.7 MB one would be mapped and
+    page-faulted in again on every photo."""
+    buf = getattr(_local, "scratch", None)
+    if buf is None or buf.numel() < n:
+        buf = _local.scratch = torch.empty(n, dtype=torch.int32)
+    return buf
+
+
 def lut_levels(size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Where the 256 uint8 levels fall on a LUT axis of `size` entries (align_corners=True, as
     grid_sample): the cell (int64, at most size - 2) and the weight of its upper neighbour (float32)."""
@@ -1105,7 +1152,7 @@ def lut3d_u8(x: torch.Tensor, lut: torch.Tensor, out: torch.Tensor | None = None
     idx = idx.int()  # kept in names: a temporary's memory could be freed before the call reads it
     levels = (lut.detach().to("cpu", torch.float32) * 255).contiguous()
     if _lib.has_fixed_point():
-        table, packed = None, torch.empty(256 * 256 * s, dtype=torch.int32)  # one image's table at a time
+        table, packed = None, _scratch(256 * 256 * s)  # one image's table at a time
     else:
         packed = None
         red = torch.lerp(levels[..., idx], levels[..., idx + 1], frac)               # (B, 3, S_b, S_g, 256)

@@ -202,7 +202,13 @@ class ColourPrior(ModelFolder, nn.Module):
         return {"poly": self.coeffs}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) in [0, 1] -> the curve applied, (B, 3, H, W) clamped to [0, 1]."""
+        """(B, 3, H, W) in [0, 1] -> the curve applied, (B, 3, H, W) clamped to [0, 1]. On the CPU, without
+        autograd, one C pass (core.kernels.prior_planes: the same sums in another order)."""
+        from core import kernels
+
+        if x.device.type == "cpu" and not (torch.is_grad_enabled() and self.coeffs.requires_grad) and \
+                kernels.available():
+            return kernels.prior_planes(x, self.coeffs)
         w = self.coeffs.to(device=x.device, dtype=torch.float32)
         rows = max(1, BAND_PIXELS // max(1, x.shape[0] * x.shape[-1]))  # bands keep the 20 terms small
         wt = w.T.contiguous()  # (3, 20) @ (B, 20, pixels): one matrix product per band, no permuted copies

@@ -82,14 +82,18 @@ def test_prior_starts_at_identity_and_keeps_its_shape():
     assert monomials(x).shape == (2, 20, 8, 9)
 
 
-def test_prior_applies_in_bands_like_whole(monkeypatch):
+def test_prior_applies_in_bands_like_whole_and_the_c_pass_like_both(monkeypatch):
     import core.prior as prior_module
+    from core import kernels
 
     prior = ColourPrior.fit([(torch.rand(3, 16, 16), torch.rand(3, 16, 16))])
-    x = torch.rand(1, 3, 37, 23)
+    x = torch.rand(2, 3, 37, 23) * 1.2 - 0.1  # a little outside [0, 1]: the clamp too
+    fast = prior(x)  # on the CPU: core.kernels.prior_planes when it is built
+    monkeypatch.setattr(kernels, "available", lambda: False)  # the matrix products
     whole = prior(x)
     monkeypatch.setattr(prior_module, "BAND_PIXELS", 50)  # two rows a band
     assert torch.allclose(prior(x), whole, atol=1e-6)
+    assert torch.allclose(fast, whole, atol=1e-5) and fast.shape == whole.shape
 
 
 def test_untrained_teacher_and_student_return_the_prior_exactly():
