@@ -10,13 +10,14 @@
    initialised 3D LUT; each --model) runs enhance's own loop on the folder (decode and encode in
    --workers threads, overlapped with the compute) and prints photos/s and ms per part: decode,
    working copy, model (codec + network), transfer (fit + apply), encode.
-3. Then, --batch-size photos at a time (as enhance edits them) and in the same loop, it times the
-   path without decode and encode (the uint8 photos on the device in, uint8 out: pipe.edit_batch on
-   the list of photos, their working copies through the network together) and a reference: one
-   copy of each photo's uint8 bytes into a preallocated tensor of the same size (`Tensor.copy_`);
-   both per photo. Their ratio reads as the distance to the memory-bandwidth limit (p50 of
-   --repeats rounds). The float path (what enhance ran before the uint8 path) is timed beside
-   them, photo by photo: the before/after.
+3. Then, --batch-size photos at a time (as enhance edits them), it times the path without decode
+   and encode (the uint8 photos on the device in, uint8 out: pipe.edit_batch on the list of photos,
+   their working copies through the network together) and a reference: one copy of each photo's
+   uint8 bytes into a preallocated tensor of the same size (`Tensor.copy_`), just before it; both
+   per photo. Their ratio reads as the distance to the memory-bandwidth limit (p50 of --repeats
+   rounds). Each round times every row in turn, so the rows and their ratios (the LUT's path over
+   the student's too) come from the same stretch of the machine's time. The float path (what
+   enhance ran before the uint8 path) is timed after them, photo by photo: the before/after.
 No trained model is needed: a fresh student costs what a trained one of that architecture
 costs. Other processes on the machine move the absolute figures; the ratios are from one run.
 """
@@ -97,51 +98,63 @@ def model_row(path: str, device) -> tuple[str, object]:
     return path, load_model(path, device).pipeline()
 
 
-def time_path_and_copy(pipe, photos: list[Path], device, repeats: int, batch_size: int = 1) -> dict:
-    """p50 ms per photo of pipe.edit_batch (uint8 on the device in and out) on `batch_size` photos of one
-    size at a time (a list of the decoded photos, as enhance passes them), of one uint8 copy of each
-    of those photos, and of the float path that enhance ran before the uint8 one (the photo as
-    float32, the float pipeline, back to uint8: `before_ms`), alternated round by round so all see
-    the same machine; and how far the uint8 path's photo is from the float path's (largest difference
-    in levels, and the share of values more than one level apart)."""
-    path_ms, copy_ms, before_ms, parts, levels, over_one = [], [], [], [], [], []
+def time_rows(pipes: dict, photos: list[Path], device, repeats: int, batch_size: int = 1) -> dict:
+    """For each named pipeline: p50 ms per photo of pipe.edit_batch (uint8 on the device in and out) on
+    `batch_size` photos of one size at a time (a list of the decoded photos, as enhance passes them),
+    and of one uint8 copy of each of those photos, timed just before it; every round times every row
+    in turn, so all rows and their copies see the same machine (its other load moves them together).
+    Then the float path that enhance ran before the uint8 one (the photo as float32, the float
+    pipeline, back to uint8: `before_ms`) and how far the uint8 path's photo is from it (largest
+    difference in levels, and the share of values more than one level apart)."""
+    keys = ("path", "copy", "before", "parts", "levels", "over_one")
+    got = {name: {k: [] for k in keys} for name in pipes}
     for s in range(0, len(photos), batch_size):
         group = [load_photo(src)[0] for src in photos[s:s + batch_size]]
         if len({g.shape for g in group}) != 1:
             raise SystemExit("eval/bench_enhance.py: the timed photos must share one size")
         x = [photo_tensor(px)[0].to(device) for px in group]
         out, dst = [torch.empty_like(t) for t in x], [torch.empty_like(t) for t in x]
-        pipe.edit_batch(x, out=out)  # warm-up (and the C kernels' first build)
+        for pipe in pipes.values():
+            pipe.edit_batch(x, out=out)  # warm-up (and the C kernels' first build)
         for d, t in zip(dst, x):  # the copies' buffers paged in too: no page faults in the timed rounds
             d.copy_(t)
         for _ in range(repeats):
-            synchronize(device)
-            t0 = time.perf_counter()
-            for d, t in zip(dst, x):
-                d.copy_(t)
-            synchronize(device)
-            t1 = time.perf_counter()
+            for name, pipe in pipes.items():
+                synchronize(device)
+                t0 = time.perf_counter()
+                for d, t in zip(dst, x):
+                    d.copy_(t)
+                synchronize(device)
+                t1 = time.perf_counter()
+                pipe.edit_batch(x, out=out)
+                synchronize(device)
+                t2 = time.perf_counter()
+                g = got[name]
+                g["copy"].append((t1 - t0) * 1e3 / len(x))
+                g["path"].append((t2 - t1) * 1e3 / len(x))
+                g["parts"].append({k: v / len(x) for k, v in pipe.timings.items()})
+        for name, pipe in pipes.items():
             pipe.edit_batch(x, out=out)
-            synchronize(device)
-            t2 = time.perf_counter()
-            copy_ms.append((t1 - t0) * 1e3 / len(x))
-            path_ms.append((t2 - t1) * 1e3 / len(x))
-            parts.append({k: v / len(x) for k, v in pipe.timings.items()})
-        for px, o in zip(group, out):
-            t0 = time.perf_counter()
-            ref = np.round(pipe(px.astype(np.float32) / 255) * 255).astype(np.uint8)
-            before_ms.append((time.perf_counter() - t0) * 1e3)
-            diff = np.abs(o.permute(1, 2, 0).cpu().numpy().astype(np.int16) - ref)
-            levels.append(int(diff.max()))
-            over_one.append(float((diff > 1).mean()))
-    keys = parts[0].keys()
-    best = int(np.argmin(path_ms))  # the least disturbed round: on a shared machine p50 carries the others' load
-    return {"path_ms": float(np.median(path_ms)), "copy_ms": float(np.median(copy_ms)),
-            "ratio": float(np.median(path_ms) / np.median(copy_ms)), "before_ms": float(np.median(before_ms)),
-            "path_best_ms": min(path_ms), "copy_best_ms": min(copy_ms), "ratio_best": min(path_ms) / min(copy_ms),
-            "before_best_ms": min(before_ms), "max_levels_from_float": max(levels),
-            "share_over_one_level": float(np.mean(over_one)),
-            "parts_ms": {k: float(np.median([p[k] for p in parts])) for k in keys},
+            g = got[name]
+            for px, o in zip(group, out):
+                t0 = time.perf_counter()
+                ref = np.round(pipe(px.astype(np.float32) / 255) * 255).astype(np.uint8)
+                g["before"].append((time.perf_counter() - t0) * 1e3)
+                diff = np.abs(o.permute(1, 2, 0).cpu().numpy().astype(np.int16) - ref)
+                g["levels"].append(int(diff.max()))
+                g["over_one"].append(float((diff > 1).mean()))
+    return {name: _summary(g) for name, g in got.items()}
+
+
+def _summary(g: dict) -> dict:
+    path, copy, before, parts = g["path"], g["copy"], g["before"], g["parts"]
+    best = int(np.argmin(path))  # the least disturbed round: on a shared machine p50 carries the others' load
+    return {"path_ms": float(np.median(path)), "copy_ms": float(np.median(copy)),
+            "ratio": float(np.median(path) / np.median(copy)), "before_ms": float(np.median(before)),
+            "path_best_ms": min(path), "copy_best_ms": min(copy), "ratio_best": min(path) / min(copy),
+            "before_best_ms": min(before), "max_levels_from_float": max(g["levels"]),
+            "share_over_one_level": float(np.mean(g["over_one"])),
+            "parts_ms": {k: float(np.median([p[k] for p in parts])) for k in parts[0]},
             "parts_best_ms": parts[best]}
 
 
@@ -178,15 +191,19 @@ def main(argv=None) -> dict:
         print(f"{'row':<30} {head}")
         print(f"{'':<30} (ms per photo; path = working copy + model + transfer, timed alone; before = the "
               "float path of the same pipeline)")
-        for name, pipe in rows:
+        runs = {}
+        for name, pipe in rows:  # enhance's own loop, row by row
             inputs, _ = find_photos(folder)
             out_dir = tmp / "out"
             shutil.rmtree(out_dir, ignore_errors=True)
-            run = enhance_files(pipe, plan(inputs, folder, out_dir), args.workers, args.batch_size, device=device)
-            if run["failed"]:
-                raise SystemExit(f"eval/bench_enhance.py: enhance failed on {run['failed'][:3]}")
-            alone = time_path_and_copy(pipe, photos[:max(args.copy_photos, args.batch_size)], device,
-                                       args.repeats, args.batch_size)
+            runs[name] = enhance_files(pipe, plan(inputs, folder, out_dir), args.workers, args.batch_size,
+                                       device=device)
+            if runs[name]["failed"]:
+                raise SystemExit(f"eval/bench_enhance.py: enhance failed on {runs[name]['failed'][:3]}")
+        timed = time_rows(dict(rows), photos[:max(args.copy_photos, args.batch_size)], device, args.repeats,
+                          args.batch_size)  # then the path alone, all rows in the same rounds
+        for name, run in runs.items():
+            alone = timed[name]
             per = {k: v / max(1, run["done"]) for k, v in run["parts_ms"].items()}
             results["rows"][name] = {"photos_per_s": run["photos_per_s"], "enhance_ms_per_photo": per, **alone}
             cells = [f"{run['photos_per_s']:>8.2f}", *(f"{per[k]:>8.0f}" for k in PARTS),
