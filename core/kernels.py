@@ -1107,9 +1107,15 @@ def fixed_point_ok(grid: torch.Tensor) -> bool:
 
 def curve_tables(curves: torch.Tensor) -> torch.Tensor:
     """(4, 3) tone-curve coefficients on levels -> (3, 256) int16: each channel's curve at the 256 levels
-    in 1/128 of a level, clamped to 0..255 (the 16-bit path looks pixels up in it)."""
+    in 1/128 of a level, clamped to 0..255 (the 16-bit path looks pixels up in it). Kept per curve: the
+    photos of a batch share it (read only)."""
+    return _curve_tables(tuple(curves.detach().to("cpu", torch.float64).flatten().tolist()))
+
+
+@functools.lru_cache(maxsize=8)
+def _curve_tables(coeffs: tuple) -> torch.Tensor:
     v = torch.arange(256, dtype=torch.float64)[:, None]
-    c = curves.detach().to("cpu", torch.float64)
+    c = torch.tensor(coeffs, dtype=torch.float64).reshape(4, 3)
     out = c[0] + c[1] * v + c[2] * v ** 2 + c[3] * v ** 3                      # (256, 3)
     return (out.clamp(0, 255) * 128).round().to(torch.int16).T.contiguous()
 

@@ -21,6 +21,8 @@ and the full cubic (`kernel_args()`), anything else runs in the PyTorch bands.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -55,6 +57,14 @@ def _interp_index(n_out: int, n_grid: int, device):
     i0 = src.floor().long().clamp(max=n_grid - 1)
     i1 = (i0 + 1).clamp(max=n_grid - 1)
     return i0, i1, src - i0
+
+
+@functools.lru_cache(maxsize=32)
+def _kernel_index(n_out: int, n_grid: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """_interp_index on the CPU in the C kernel's types (int32 cells, float32 weights), kept between
+    photos of one size (read only)."""
+    i0, i1, f = _interp_index(n_out, n_grid, "cpu")
+    return i0.int(), i1.int(), f.float()
 
 
 def _interp_matrix(n_out: int, n_grid: int, device) -> torch.Tensor:
@@ -208,10 +218,10 @@ def apply_affine_grid_u8(full_in: torch.Tensor, coeffs: torch.Tensor, band_rows:
         h, w = full_in.shape[-2:]
         grid = coeffs.float().clone()
         grid[..., 3] *= 255
-        j0, j1, fy = _interp_index(h, gh, "cpu")
-        i0, _, fx = _interp_index(w, gw, "cpu")
-        return kernels.affine_grid_u8(full_in, grid.flatten(3), j0.int(), j1.int(), fy.float(), i0.int(),
-                                      fx.float(), out, **({} if pre is None else pre.kernel_args()))
+        j0, j1, fy = _kernel_index(h, gh)
+        i0, _, fx = _kernel_index(w, gw)
+        return kernels.affine_grid_u8(full_in, grid.flatten(3), j0, j1, fy, i0, fx, out,
+                                      **({} if pre is None else pre.kernel_args()))
     rows = band_rows or (BAND_ROWS if full_in.device.type == "cpu" else 1024)  # a GPU wants big launches
     return _apply_bands(full_in, coeffs, torch.empty_like(full_in) if out is None else out, rows, dtype, pre)
 
