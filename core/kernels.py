@@ -706,32 +706,72 @@ void resample_planes(const float* x, float* out, int64_t planes, int64_t h, int6
    working-size input and output; stats (nimg, gh, gw, 28) double, zeroed by the caller, gets per cell
    the tent-weighted sums of [x 1][x 1]^T (16, row-major) and [x 1] y^T (12). Pixel column i spreads
    to cells i0, i1 with weights 1 - fx, fx (a row of partial sums), row j to j0, j1 with 1 - fy, fy. */
+#ifdef HAVE_AVX512
+/* One row's moments into rb (gw cells x 32: [x 1][x 1]^T row-major, then [x 1] y^T as 4 rows of 4, the
+   last of each unused): a pixel's 32 products are four 8-double vectors; each run of pixels of one
+   cell pair is summed in registers (sum f and sum fx f), then added to its two cells once. */
+static void moments_row(const float* xr, const float* yr, int64_t plane, int64_t w, const int32_t* i0,
+                        const int32_t* i1, const double* fx, double* rb) {
+    const __m512i lo = _mm512_setr_epi64(0, 0, 0, 0, 1, 1, 1, 1), hi = _mm512_setr_epi64(2, 2, 2, 2, 3, 3, 3, 3);
+    for (int64_t xs = 0; xs < w;) {
+        int64_t xe = xs;
+        while (xe < w && i0[xe] == i0[xs]) xe++;
+        __m512d S[4], T[4];
+        for (int k = 0; k < 4; k++) S[k] = T[k] = _mm512_setzero_pd();
+        for (int64_t i = xs; i < xe; i++) {
+            __m512d v = _mm512_setr_pd(xr[i], xr[plane + i], xr[2 * plane + i], 1.0,
+                                       xr[i], xr[plane + i], xr[2 * plane + i], 1.0);
+            __m512d o = _mm512_setr_pd(yr[i], yr[plane + i], yr[2 * plane + i], 0.0,
+                                       yr[i], yr[plane + i], yr[2 * plane + i], 0.0);
+            __m512d a01 = _mm512_permutexvar_pd(lo, v), a23 = _mm512_permutexvar_pd(hi, v);
+            __m512d f[4] = {_mm512_mul_pd(a01, v), _mm512_mul_pd(a23, v), _mm512_mul_pd(a01, o),
+                            _mm512_mul_pd(a23, o)};
+            __m512d t = _mm512_set1_pd(fx[i]);
+            for (int k = 0; k < 4; k++) { S[k] = _mm512_add_pd(S[k], f[k]); T[k] = _mm512_fmadd_pd(t, f[k], T[k]); }
+        }
+        double *r0 = rb + (int64_t)i0[xs] * 32, *r1 = rb + (int64_t)i1[xs] * 32;
+        for (int k = 0; k < 4; k++) {  /* cell i0 gets sum (1 - fx) f, cell i1 sum fx f */
+            _mm512_storeu_pd(r0 + 8 * k, _mm512_add_pd(_mm512_loadu_pd(r0 + 8 * k), _mm512_sub_pd(S[k], T[k])));
+            _mm512_storeu_pd(r1 + 8 * k, _mm512_add_pd(_mm512_loadu_pd(r1 + 8 * k), T[k]));
+        }
+        xs = xe;
+    }
+}
+#else
+static void moments_row(const float* xr, const float* yr, int64_t plane, int64_t w, const int32_t* i0,
+                        const int32_t* i1, const double* fx, double* rb) {
+    for (int64_t i = 0; i < w; i++) {
+        double v[4] = {xr[i], xr[plane + i], xr[2 * plane + i], 1.0};
+        double o[4] = {yr[i], yr[plane + i], yr[2 * plane + i], 0.0};
+        double f[32];
+        for (int a = 0; a < 4; a++)
+            for (int b = 0; b < 4; b++) { f[4 * a + b] = v[a] * v[b]; f[16 + 4 * a + b] = v[a] * o[b]; }
+        double w1 = fx[i], w0 = 1.0 - w1;
+        double *r0 = rb + (int64_t)i0[i] * 32, *r1 = rb + (int64_t)i1[i] * 32;
+        for (int k = 0; k < 32; k++) { r0[k] += w0 * f[k]; r1[k] += w1 * f[k]; }
+    }
+}
+#endif
+
 void grid_moments(const float* x, const float* y, int64_t nimg, int64_t h, int64_t w, int gh, int gw,
                   const int32_t* j0, const int32_t* j1, const double* fy, const int32_t* i0, const int32_t* i1,
                   const double* fx, double* stats, int nthreads) {
     #pragma omp parallel for num_threads(nthreads) schedule(static)
     for (int64_t bi = 0; bi < nimg; bi++) {
-        double* rb = malloc(sizeof(double) * gw * 28);
+        double* rb = malloc(sizeof(double) * gw * 32);
         const float *xr = x + bi * 3 * h * w, *yr = y + bi * 3 * h * w;
         double* st = stats + bi * gh * gw * 28;
         for (int64_t yy = 0; yy < h; yy++) {
-            for (int k = 0; k < gw * 28; k++) rb[k] = 0.0;
-            for (int64_t i = 0; i < w; i++) {
-                int64_t q = yy * w + i;
-                double v[4] = {xr[q], xr[h * w + q], xr[2 * h * w + q], 1.0};
-                double o[3] = {yr[q], yr[h * w + q], yr[2 * h * w + q]};
-                double f[28];
-                for (int a = 0; a < 4; a++) {
-                    for (int b = 0; b < 4; b++) f[4 * a + b] = v[a] * v[b];
-                    for (int b = 0; b < 3; b++) f[16 + 3 * a + b] = v[a] * o[b];
-                }
-                double w1 = fx[i], w0 = 1.0 - w1;
-                double *r0 = rb + i0[i] * 28, *r1 = rb + i1[i] * 28;
-                for (int k = 0; k < 28; k++) { r0[k] += w0 * f[k]; r1[k] += w1 * f[k]; }
-            }
+            for (int k = 0; k < gw * 32; k++) rb[k] = 0.0;
+            moments_row(xr + yy * w, yr + yy * w, h * w, w, i0, i1, fx, rb);
             double t1 = fy[yy], t0 = 1.0 - t1;
             double *s0 = st + (int64_t)j0[yy] * gw * 28, *s1 = st + (int64_t)j1[yy] * gw * 28;
-            for (int k = 0; k < gw * 28; k++) { s0[k] += t0 * rb[k]; s1[k] += t1 * rb[k]; }
+            for (int c = 0; c < gw; c++)
+                for (int k = 0; k < 28; k++) {  /* rb's 32 per cell -> the 28 of stats (y^T rows of 3) */
+                    double r = rb[c * 32 + (k < 16 ? k : 16 + (k - 16) / 3 * 4 + (k - 16) % 3)];
+                    s0[c * 28 + k] += t0 * r;
+                    s1[c * 28 + k] += t1 * r;
+                }
         }
         free(rb);
     }
