@@ -45,7 +45,8 @@ def _sample(lut: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 def _apply_lut_u8(lut: torch.Tensor, x: torch.Tensor, band_pixels: int, out: torch.Tensor | None) -> torch.Tensor:
     """uint8 pixels through the trilinear LUT, rounded to uint8: on the CPU one C loop
-    (core/kernels.py) that reads the LUT pre-interpolated at the 256 red levels, elsewhere `_sample`."""
+    (core/kernels.py) that reads the LUT pre-interpolated at every pair of red and blue levels, elsewhere
+    `_sample`."""
     from core import kernels
 
     if x.device.type == "cpu" and kernels.available():
