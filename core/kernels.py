@@ -575,9 +575,8 @@ void affine_grid_u8(const uint8_t* x, uint8_t* out, int64_t nimg, int64_t h, int
    or bottom edge: the mean of the pixels it has), in levels 0..255. Per block row: the k rows are
    summed in 16 bits, 64 bytes at a time in registers (one read of the photo), into a row of sums;
    then each run of k pixels: for k <= 16 (k a constant in an unrolled loop, one copy per k) the three
-   channels of a pixel side by side in one 64-bit
-   word (16-bit fields: a block's sum is at most 16 * 16 * 255 = 65280, so no field carries into the
-   next), else one channel at a time in 32 bits. */
+   channels of a pixel side by side in one 64-bit word (16-bit fields: a block's sum is at most
+   16 * 16 * 255 = 65280, so no field carries into the next), else one channel at a time in 32 bits. */
 static void sum_rows(const uint8_t* restrict p, int64_t stride, int64_t rows, int64_t n, uint16_t* restrict acc) {
     int64_t i = 0;
 #ifdef HAVE_AVX512

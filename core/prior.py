@@ -206,8 +206,8 @@ class ColourPrior(ModelFolder, nn.Module):
         autograd, one C pass (core.kernels.prior_planes: the same sums in another order)."""
         from core import kernels
 
-        if x.device.type == "cpu" and not (torch.is_grad_enabled() and self.coeffs.requires_grad) and \
-                kernels.available():
+        if x.device.type == "cpu" and not (torch.is_grad_enabled() and (self.coeffs.requires_grad or x.requires_grad)) \
+                and kernels.available():
             return kernels.prior_planes(x, self.coeffs)
         w = self.coeffs.to(device=x.device, dtype=torch.float32)
         rows = max(1, BAND_PIXELS // max(1, x.shape[0] * x.shape[-1]))  # bands keep the 20 terms small

@@ -89,6 +89,9 @@ def test_prior_applies_in_bands_like_whole_and_the_c_pass_like_both(monkeypatch)
     prior = ColourPrior.fit([(torch.rand(3, 16, 16), torch.rand(3, 16, 16))])
     x = torch.rand(2, 3, 37, 23) * 1.2 - 0.1  # a little outside [0, 1]: the clamp too
     fast = prior(x)  # on the CPU: core.kernels.prior_planes when it is built
+    xg = x.clone().requires_grad_()
+    prior(xg).sum().backward()  # with autograd on an input: the matrix products, differentiable
+    assert xg.grad is not None and xg.grad.abs().sum() > 0
     monkeypatch.setattr(kernels, "available", lambda: False)  # the matrix products
     whole = prior(x)
     monkeypatch.setattr(prior_module, "BAND_PIXELS", 50)  # two rows a band
