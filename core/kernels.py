@@ -509,6 +509,11 @@ static void row_int16_hwc64(const uint8_t* restrict p, uint8_t* restrict o, int6
 #endif
 
 
+/* end[i]: where the run of pixels sharing pixel i's cell (i0[i]) ends; i0 never decreases. */
+static void cell_runs(const int32_t* restrict i0, int64_t w, int64_t* restrict end) {
+    for (int64_t i = w - 1; i >= 0; i--) end[i] = (i + 1 < w && i0[i + 1] == i0[i]) ? end[i + 1] : i + 1;
+}
+
 /* x, out: nimg images of h x w RGB uint8, HWC (planar = 0) or CHW (planar = 1).
    grid: (nimg, gh, gw, 12) float [A | b] in units of 255: out = A @ pre(rgb) + b.
    Rows read grid rows j0, j1 with weight fy; pixels read cells i0, i0 + 1 with weight fx.
@@ -526,7 +531,7 @@ void affine_grid_u8(const uint8_t* x, uint8_t* out, int64_t nimg, int64_t h, int
     block64_t b64;
     if (fixed && !planar) block64_tables(&b64, tables);
 #endif
-    for (int64_t i = w - 1; i >= 0; i--) span_end[i] = (i + 1 < w && i0[i + 1] == i0[i]) ? span_end[i + 1] : i + 1;
+    cell_runs(i0, w, span_end);
     #pragma omp parallel num_threads(nthreads)
     {
         float* buf = malloc(sizeof(float) * (gw * 12 + 3 * w + 48));
@@ -710,11 +715,10 @@ void resample_planes(const float* x, float* out, int64_t planes, int64_t h, int6
    last of each unused): a pixel's 32 products are four 8-double vectors; each run of pixels of one
    cell pair is summed in registers (sum f and sum fx f), then added to its two cells once. */
 static void moments_row(const float* xr, const float* yr, int64_t plane, int64_t w, const int32_t* i0,
-                        const int32_t* i1, const double* fx, double* rb) {
+                        const int32_t* i1, const int64_t* span_end, const double* fx, double* rb) {
     const __m512i lo = _mm512_setr_epi64(0, 0, 0, 0, 1, 1, 1, 1), hi = _mm512_setr_epi64(2, 2, 2, 2, 3, 3, 3, 3);
     for (int64_t xs = 0; xs < w;) {
-        int64_t xe = xs;
-        while (xe < w && i0[xe] == i0[xs]) xe++;
+        int64_t xe = span_end[xs];
         __m512d S[4], T[4];
         for (int k = 0; k < 4; k++) S[k] = T[k] = _mm512_setzero_pd();
         for (int64_t i = xs; i < xe; i++) {
@@ -738,7 +742,7 @@ static void moments_row(const float* xr, const float* yr, int64_t plane, int64_t
 }
 #else
 static void moments_row(const float* xr, const float* yr, int64_t plane, int64_t w, const int32_t* i0,
-                        const int32_t* i1, const double* fx, double* rb) {
+                        const int32_t* i1, const int64_t* span_end, const double* fx, double* rb) {
     for (int64_t i = 0; i < w; i++) {
         double v[4] = {xr[i], xr[plane + i], xr[2 * plane + i], 1.0};
         double o[4] = {yr[i], yr[plane + i], yr[2 * plane + i], 0.0};
@@ -755,6 +759,8 @@ static void moments_row(const float* xr, const float* yr, int64_t plane, int64_t
 void grid_moments(const float* x, const float* y, int64_t nimg, int64_t h, int64_t w, int gh, int gw,
                   const int32_t* j0, const int32_t* j1, const double* fy, const int32_t* i0, const int32_t* i1,
                   const double* fx, double* stats, int nthreads) {
+    int64_t* span_end = malloc(sizeof(int64_t) * (w + 1));
+    cell_runs(i0, w, span_end);
     #pragma omp parallel for num_threads(nthreads) schedule(static)
     for (int64_t bi = 0; bi < nimg; bi++) {
         double* rb = malloc(sizeof(double) * gw * 32);
@@ -762,7 +768,7 @@ void grid_moments(const float* x, const float* y, int64_t nimg, int64_t h, int64
         double* st = stats + bi * gh * gw * 28;
         for (int64_t yy = 0; yy < h; yy++) {
             for (int k = 0; k < gw * 32; k++) rb[k] = 0.0;
-            moments_row(xr + yy * w, yr + yy * w, h * w, w, i0, i1, fx, rb);
+            moments_row(xr + yy * w, yr + yy * w, h * w, w, i0, i1, span_end, fx, rb);
             double t1 = fy[yy], t0 = 1.0 - t1;
             double *s0 = st + (int64_t)j0[yy] * gw * 28, *s1 = st + (int64_t)j1[yy] * gw * 28;
             for (int c = 0; c < gw; c++)
@@ -774,6 +780,7 @@ void grid_moments(const float* x, const float* y, int64_t nimg, int64_t h, int64
         }
         free(rb);
     }
+    free(span_end);
 }
 
 /* The packed table of the AVX-512 look-up, straight from the LUT: lut (nimg, 3, s, s, s) in levels,
@@ -801,7 +808,7 @@ void pack_lut(const float* restrict lut, int64_t bi, int s, const int32_t* restr
     int64_t s2 = (int64_t)s * s, s3 = s2 * s;
     #pragma omp parallel num_threads(nthreads)
     {
-        float* e = malloc(sizeof(float) * 3 * s2 + 64);  /* [channel][blue][green] at this red level */
+        float* e = malloc(sizeof(float) * 3 * s2);  /* [channel][blue][green] at this red level */
         #pragma omp for schedule(static)
         for (int v = 0; v < 256; v++) {
             int r0 = idx[v];
