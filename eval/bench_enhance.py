@@ -134,7 +134,7 @@ def time_rows(pipes: dict, photos: list[Path], device, repeats: int, batch_size:
                 g["path"].append((t2 - t1) * 1e3 / len(x))
                 g["parts"].append({k: v / len(x) for k, v in pipe.timings.items()})
         for name, pipe in pipes.items():
-            pipe.edit_batch(x, out=out)
+            pipe.edit_batch(x, out=out)  # `out` is shared by the rows: this row's photos back in it
             g = got[name]
             for px, o in zip(group, out):
                 t0 = time.perf_counter()
