@@ -219,6 +219,57 @@ def test_torchvision_io_keeps_size_exif_and_icc(student_dir, tmp_path):
         assert im.getexif().get(0x0112, 1) == 1 and im.info.get("icc_profile") == icc
 
 
+def test_cpu_jpeg_decode_by_torchvision_gives_pils_pixels(tmp_path):
+    """--io auto on the CPU decodes JPEGs with torchvision: the very pixels PIL gives (RGB, grey,
+    turned by EXIF), as an HWC view the kernels read in place; CMYK goes to PIL's conversion."""
+    from core.batch import _read, resolve_io
+    from core.images import load_photo
+
+    assert resolve_io("auto") == "torchvision" and resolve_io("pil") == "pil"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(photo(7, 40, 64)).save(tmp_path / "rgb.jpg", quality=90)
+    Image.fromarray(photo(8, 40, 64)).save(tmp_path / "turned.jpg", quality=90, exif=exif.tobytes())
+    Image.fromarray(photo(9, 40, 64)[..., 0]).save(tmp_path / "grey.jpg", quality=90)
+    Image.fromarray(photo(10, 40, 64)).convert("CMYK").save(tmp_path / "cmyk.jpg", quality=90)
+    for name in ("rgb", "turned", "grey"):
+        px, meta, _, _ = _read(tmp_path / f"{name}.jpg", "torchvision", torch.device("cpu"), 0)
+        assert isinstance(px, torch.Tensor) and px.permute(1, 2, 0).is_contiguous(), name
+        assert np.array_equal(px.permute(1, 2, 0).numpy(), load_photo(tmp_path / f"{name}.jpg")[0]), name
+    assert tuple(px.shape) == (3, 40, 64) and meta.mode == "L"
+    assert _read(tmp_path / "turned.jpg", "torchvision", torch.device("cpu"), 0)[0].shape == (3, 64, 40)
+    px, meta, _, _ = _read(tmp_path / "cmyk.jpg", "torchvision", torch.device("cpu"), 0)
+    assert isinstance(px, np.ndarray) and meta.mode == "CMYK"
+
+
+def test_enhance_reuses_output_memory_and_writes_the_same_photos(student_dir, tmp_path, monkeypatch):
+    """The uint8 path writes into buffers recycled once their photo is encoded: a run of 7 photos
+    uses at most workers + batch_size of them, and its files equal those of a run that keeps none."""
+    from core.batch import Buffers, enhance_files, plan
+    from core.models import load_model
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(7):
+        Image.fromarray(photo(20 + i)).save(src / f"p{i}.png")
+    pipe = load_model(student_dir).pipeline()
+    seen, edit = set(), pipe.edit_batch
+
+    def spy(x, lo=None, out=None):
+        seen.update(o.data_ptr() for o in out)
+        return edit(x, lo, out)
+
+    pipe.edit_batch = spy
+    jobs = plan(sorted(src.iterdir()), src, tmp_path / "reused")
+    assert enhance_files(pipe, jobs, workers=1, batch_size=2)["done"] == 7
+    assert 1 < len(seen) <= 3
+    monkeypatch.setattr(Buffers, "give", lambda self, buf: None)  # nothing kept: every photo in fresh memory
+    enhance_files(pipe, plan(sorted(src.iterdir()), src, tmp_path / "fresh"), workers=1, batch_size=2)
+    for i in range(7):
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "reused" / f"p{i}.png")),
+                              np.asarray(Image.open(tmp_path / "fresh" / f"p{i}.png"))), i
+
+
 @pytest.mark.slow
 def test_two_processes_write_every_photo_exactly_once(student_dir, tmp_path):
     src, out = tmp_path / "in", tmp_path / "out"
