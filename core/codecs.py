@@ -58,7 +58,16 @@ class PixelCodec(Codec):
 
     def encode(self, x):
         self.check_size(x)
-        return F.pixel_unshuffle(x * 2 - 1, self.factor)
+        if torch.is_grad_enabled() and x.requires_grad:
+            return F.pixel_unshuffle(x * 2 - 1, self.factor)
+        # inference: one pass straight into channels_last, the layout the networks take (pixel_unshuffle,
+        # then the networks' channels_last copy: 1.3 ms for 4 working copies of 256x160, this 0.5); same values
+        b, c, h, w = x.shape
+        f = self.factor
+        z = torch.empty(b, h // f, w // f, c * f * f, dtype=x.dtype, device=x.device)
+        torch.mul(x.reshape(b, c, h // f, f, w // f, f).permute(0, 2, 4, 1, 3, 5), 2,
+                  out=z.view(b, h // f, w // f, c, f, f))
+        return z.sub_(1).permute(0, 3, 1, 2)
 
     def decode(self, z):
         return (F.pixel_shuffle(z, self.factor) + 1) / 2

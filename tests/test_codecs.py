@@ -18,6 +18,23 @@ def test_pixel_codec_is_exact():
         codec.encode(torch.rand(1, 3, 30, 32))
 
 
+def test_pixel_codec_inference_path_is_pixel_unshuffle():
+    """Without autograd the encoder writes channels_last latents in one pass: the very values of
+    pixel_unshuffle, from either input layout; with autograd, pixel_unshuffle itself (gradients flow)."""
+    import torch.nn.functional as F
+
+    codec = build_codec(CodecConfig(kind="pixel", factor=8))
+    x = torch.rand(2, 3, 32, 48)
+    ref = F.pixel_unshuffle(x * 2 - 1, 8)
+    for inp in (x, x.contiguous(memory_format=torch.channels_last)):
+        with torch.no_grad():
+            z = codec.encode(inp)
+        assert torch.equal(z, ref) and z.is_contiguous(memory_format=torch.channels_last)
+    xg = x.clone().requires_grad_()
+    codec.encode(xg).square().sum().backward()
+    assert torch.allclose(xg.grad, 4 * (2 * x - 1))
+
+
 def _tiny_vae(path):
     vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16),
                         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
