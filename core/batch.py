@@ -74,8 +74,8 @@ def _read(src: Path, io: str, device: torch.device, draft_side: int):
             try:
                 data = tio.read_file(str(src))
                 px = tio.decode_jpeg(data, mode=tio.ImageReadMode.RGB, device=device, apply_exif_orientation=True)
-                if not px.permute(1, 2, 0).is_contiguous():  # turned by its EXIF orientation: HWC again, here
-                    px = px.permute(1, 2, 0).contiguous().permute(2, 0, 1)
+                if px.device.type == "cpu" and not px.permute(1, 2, 0).is_contiguous():
+                    px = px.permute(1, 2, 0).contiguous().permute(2, 0, 1)  # turned by EXIF: HWC for the kernels
                 lo = load_draft(src, draft_side) if draft_side else None
                 return px, meta, lo, (time.perf_counter() - t0) * 1e3
             except RuntimeError as exc:  # a JPEG nvjpeg/libjpeg in torchvision cannot take: PIL decodes it
