@@ -48,17 +48,21 @@ def shard(items: list, rank: int, world: int) -> list:
     return items[rank::world]
 
 
-def resolve_io(io: str) -> str:
-    """--io auto: torchvision's JPEG codec where torchvision imports (on a GPU, on the GPU; on the CPU
-    libjpeg-turbo straight into a tensor: the same pixels as PIL's, ~60-80 ms sooner at 24 MP, no
-    tobytes copy), else PIL."""
-    if io != "auto":
-        return io
+def resolve_io(io: str, device: torch.device | str = "cpu") -> tuple[str, str]:
+    """(decoder, encoder) of JPEGs for --io. auto: torchvision decodes where it imports (on a GPU, on
+    the GPU; on the CPU libjpeg-turbo straight into a tensor: the same pixels as PIL's, ~60-80 ms
+    sooner at 24 MP, no tobytes copy); it encodes on a GPU only (no copy of the photo to the host,
+    chroma 4:2:0); on the CPU PIL encodes, with 4:4:4 chroma at quality >= 90 (save_image).
+    torchvision: both by torchvision on any device; pil: both by PIL."""
+    if io == "pil":
+        return "pil", "pil"
+    if io == "torchvision":
+        return "torchvision", "torchvision"
     try:
         import torchvision.io  # noqa: F401
     except ImportError:
-        return "pil"
-    return "torchvision"
+        return "pil", "pil"
+    return "torchvision", "torchvision" if torch.device(device).type == "cuda" else "pil"
 
 
 def _read(src: Path, io: str, device: torch.device, draft_side: int):
@@ -158,11 +162,12 @@ def enhance_files(pipe, jobs: list[tuple[Path, Path]], workers: int = 2, batch_s
     """Edit every (source, output) pair with decode and encode overlapped with the compute.
 
     `workers` threads decode ahead (at most workers + batch_size photos in memory) and encode
-    behind; consecutive photos of one size are batched; `io`: the JPEG codec (resolve_io).
+    behind; consecutive photos of one size are batched; `io`: the JPEG codecs (resolve_io).
     Returns {"done", "failed": [lines], "seconds", "photos_per_s", "parts_ms": summed ms of decode,
     working_copy, model, transfer, encode (decode and encode ran in the threads, beside the compute)}.
     """
-    device, io = torch.device(device), resolve_io(io)
+    device = torch.device(device)
+    decoder, encoder = resolve_io(io, device)
     parts: dict[str, float] = defaultdict(float)
     failed: list[str] = []
     done = 0
@@ -176,7 +181,7 @@ def enhance_files(pipe, jobs: list[tuple[Path, Path]], workers: int = 2, batch_s
         def refill():
             while todo and len(reads) < max(1, workers) + batch_size:
                 src, dst = todo.popleft()
-                reads.append((src, dst, pool.submit(_read, src, io, device, draft_side)))
+                reads.append((src, dst, pool.submit(_read, src, decoder, device, draft_side)))
 
         def finish_writes(limit: int):
             nonlocal done
@@ -222,7 +227,7 @@ def enhance_files(pipe, jobs: list[tuple[Path, Path]], workers: int = 2, batch_s
                 failed += [f"{b[3]}: {exc}" for b in batch]
                 continue
             for b, out in zip(batch, outs):
-                writes.append((b[3], pool.submit(_write, b[3], out, b[1], io), out))
+                writes.append((b[3], pool.submit(_write, b[3], out, b[1], encoder), out))
             finish_writes(max(1, workers))  # bounds the finished photos waiting in memory
         finish_writes(0)
     seconds = time.perf_counter() - start

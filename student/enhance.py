@@ -15,8 +15,9 @@ Throughput: 8-bit photos stay uint8 from decode to encode (core/pipeline.py, edi
 `--workers` threads decode the next photos and encode the finished ones while the device
 computes (the codecs release the GIL), photos of one size go through in batches of `--batch-size`
 (4: their working copies through the network together, each photo's pixels never stacked), and
-the run ends with photos/s and the time of each part. JPEGs are decoded and encoded by
-torchvision.io (`--io auto`): on CUDA on the GPU; on the CPU the same pixels as PIL's, sooner.
+the run ends with photos/s and the time of each part. JPEGs are decoded by torchvision.io
+(`--io auto`; on the CPU the same pixels as PIL's, sooner) and encoded on the GPU by it on CUDA,
+by PIL on the CPU (4:4:4 chroma at quality 95).
 The edited photos' memory is reused from batch to batch (no page faults of a fresh 72 MB
 buffer). Under torchrun or accelerate launch every process takes its own share of the sorted
 photo list (resuming on its own); rank 0 writes the summary (OUTPUT/.enhance_summary.json) and
@@ -58,8 +59,9 @@ def main(argv=None) -> int:
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
                    help="autocast dtype of the codec and network (bf16/fp16: see docs/benchmarks.md for the error)")
     p.add_argument("--io", choices=["auto", "pil", "torchvision"], default="auto",
-                   help="JPEG decoder/encoder; auto: torchvision where it imports (on CUDA on the GPU; on the "
-                        "CPU the same pixels as PIL's, decoded faster), else PIL")
+                   help="JPEG decoder/encoder. auto: torchvision decodes (on CUDA on the GPU; on the CPU the same "
+                        "pixels as PIL's, sooner) and, on CUDA only, encodes on the GPU (4:2:0 chroma); PIL "
+                        "encodes on the CPU (4:4:4 at quality >= 90). torchvision: both by torchvision")
     p.add_argument("--draft", action="store_true",
                    help="JPEG working copies from a DCT-domain reduced decode (faster; not bit-identical)")
     args = p.parse_args(argv)

@@ -184,6 +184,8 @@ def test_enhance_mirrors_subfolders_keeps_alpha_and_lists_skipped_files(student_
     assert enhance(["--model", str(student_dir), "--input", str(src), "--output", str(out)]) == 0
     # without --recursive, subfolders are left alone
     assert sorted(p.name for p in out.iterdir()) == [".enhance_summary.json", "front.jpg"]
+    from PIL import JpegImagePlugin
+    assert JpegImagePlugin.get_sampling(Image.open(out / "front.jpg")) == 0  # 4:4:4 chroma, as save_image writes
 
     assert enhance(["--model", str(student_dir), "--input", str(src), "--output", str(out), "--recursive",
                     "--batch-size", "2", "--zip", str(tmp_path / "out.zip")]) == 0
@@ -225,7 +227,8 @@ def test_cpu_jpeg_decode_by_torchvision_gives_pils_pixels(tmp_path):
     from core.batch import _read, resolve_io
     from core.images import load_photo
 
-    assert resolve_io("auto") == "torchvision" and resolve_io("pil") == "pil"
+    assert resolve_io("auto") == ("torchvision", "pil")  # PIL encodes on the CPU: 4:4:4 chroma at quality 95
+    assert resolve_io("auto", "cuda") == ("torchvision", "torchvision") and resolve_io("pil") == ("pil", "pil")
     exif = Image.Exif()
     exif[0x0112] = 6
     Image.fromarray(photo(7, 40, 64)).save(tmp_path / "rgb.jpg", quality=90)
