@@ -247,7 +247,8 @@ def test_cpu_jpeg_decode_by_torchvision_gives_pils_pixels(tmp_path):
 
 def test_enhance_reuses_output_memory_and_writes_the_same_photos(student_dir, tmp_path, monkeypatch):
     """The uint8 path writes into buffers recycled once their photo is encoded: a run of 7 photos
-    uses at most workers + batch_size of them, and its files equal those of a run that keeps none."""
+    uses at most workers + batch_size of them, and its files equal those of a run that keeps none.
+    PIL's block cache is on during the run only."""
     from core.batch import Buffers, enhance_files, plan
     from core.models import load_model
 
@@ -256,16 +257,20 @@ def test_enhance_reuses_output_memory_and_writes_the_same_photos(student_dir, tm
     for i in range(7):
         Image.fromarray(photo(20 + i)).save(src / f"p{i}.png")
     pipe = load_model(student_dir).pipeline()
-    seen, edit = set(), pipe.edit_batch
+    seen, blocks, edit = set(), set(), pipe.edit_batch
 
     def spy(x, lo=None, out=None):
         seen.update(o.data_ptr() for o in out)
+        blocks.add(Image.core.get_blocks_max())
         return edit(x, lo, out)
 
     pipe.edit_batch = spy
     jobs = plan(sorted(src.iterdir()), src, tmp_path / "reused")
+    before = Image.core.get_blocks_max()
     assert enhance_files(pipe, jobs, workers=1, batch_size=2)["done"] == 7
     assert 1 < len(seen) <= 3
+    # PIL kept its freed image memory during the run (encodes reuse it), and lets it go after
+    assert blocks == {max(before, 8)} and Image.core.get_blocks_max() == before
     monkeypatch.setattr(Buffers, "give", lambda self, buf: None)  # nothing kept: every photo in fresh memory
     enhance_files(pipe, plan(sorted(src.iterdir()), src, tmp_path / "fresh"), workers=1, batch_size=2)
     for i in range(7):
