@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 SOURCE = r"""
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -783,6 +784,54 @@ void grid_moments(const float* x, const float* y, int64_t nimg, int64_t h, int64
     free(span_end);
 }
 
+/* The grid fit's ridge solves (core/transfer.py _ridge_solve, fit_affine_grid) from its moments:
+   stats (nimg, cells, 28) as grid_moments gives them; per image the global fit (moments summed over
+   the cells, pulled toward the identity), then each cell's (pulled toward the global one); out (nimg,
+   cells, 3, 4) float [A | b]. M = S_xx + D, D = diag(eps n [1 1 1 0] + 1e-6 n + 1e-9), n = S_xx[3][3];
+   theta (4 x 3) = M^-1 (S_xy + D prior), by elimination with partial pivoting, in double. */
+static void ridge4(const double* st, double eps, const double* prior, double* theta) {
+    double m[4][7], n = st[15];
+    for (int r = 0; r < 4; r++) {
+        double d = (r < 3 ? eps * n : 0.0) + 1e-6 * n + 1e-9;
+        for (int c = 0; c < 4; c++) m[r][c] = st[r * 4 + c] + (r == c ? d : 0.0);
+        for (int c = 0; c < 3; c++) m[r][4 + c] = st[16 + r * 3 + c] + d * prior[r * 3 + c];
+    }
+    for (int k = 0; k < 4; k++) {
+        int piv = k;
+        for (int r = k + 1; r < 4; r++) if (fabs(m[r][k]) > fabs(m[piv][k])) piv = r;
+        if (piv != k) for (int c = 0; c < 7; c++) { double t = m[k][c]; m[k][c] = m[piv][c]; m[piv][c] = t; }
+        for (int r = k + 1; r < 4; r++) {
+            double f = m[r][k] / m[k][k];
+            for (int c = k; c < 7; c++) m[r][c] -= f * m[k][c];
+        }
+    }
+    for (int k = 3; k >= 0; k--)
+        for (int c = 0; c < 3; c++) {
+            double v = m[k][4 + c];
+            for (int j = k + 1; j < 4; j++) v -= m[k][j] * theta[j * 3 + c];
+            theta[k * 3 + c] = v / m[k][k];
+        }
+}
+
+void ridge_grid(const double* stats, int64_t nimg, int64_t cells, double eps, float* out, int nthreads) {
+    static const double identity[12] = {1, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0};
+    double* global = malloc(sizeof(double) * 12 * nimg);
+    for (int64_t bi = 0; bi < nimg; bi++) {
+        double total[28] = {0};
+        for (int64_t c = 0; c < cells; c++)
+            for (int k = 0; k < 28; k++) total[k] += stats[(bi * cells + c) * 28 + k];
+        ridge4(total, eps, identity, global + 12 * bi);
+    }
+    #pragma omp parallel for num_threads(nthreads) schedule(static)
+    for (int64_t i = 0; i < nimg * cells; i++) {
+        double theta[12];
+        ridge4(stats + i * 28, eps, global + 12 * (i / cells), theta);
+        for (int ch = 0; ch < 3; ch++)
+            for (int k = 0; k < 4; k++) out[i * 12 + ch * 4 + k] = (float)theta[k * 3 + ch];
+    }
+    free(global);
+}
+
 /* The packed table of the AVX-512 look-up, straight from the LUT: lut (nimg, 3, s, s, s) in levels,
    indexed [channel][blue][green][red]; out (256, 256, s) uint32 for image bi: at each red level
    (cell idx, weight frac) and blue level, the LUT interpolated along red and blue, at each of the s
@@ -976,6 +1025,7 @@ def _build() -> ctypes.CDLL:
                                     i32]
     lib.pack_lut.argtypes = [ptr, i64, i32, ptr, ptr, ptr, i32]
     lib.grid_moments.argtypes = [ptr, ptr, i64, i64, i64, i32, i32, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i32]
+    lib.ridge_grid.argtypes = [ptr, i64, i64, ctypes.c_double, ptr, i32]
     lib.lut3d_u8.argtypes = [ptr, ptr, i64, i64, i64, i32, ptr, i32, ptr, ptr, ptr, ptr, i32]
     return lib
 
@@ -1135,6 +1185,16 @@ def grid_moments(x: torch.Tensor, y: torch.Tensor, gh: int, gw: int, rows: tuple
     _lib.grid_moments(_ptr(x), _ptr(y), b, h, w, gh, gw, *map(_ptr, tables), _ptr(stats),
                       torch.get_num_threads())
     return stats
+
+
+def ridge_grid(stats: torch.Tensor, eps: float) -> torch.Tensor:
+    """The grid fit's solves from grid_moments' (B, gh, gw, 28) float64 moments: (B, gh, gw, 3, 4) float32
+    [A | b], as core.transfer._ridge_solve twice (global, then each cell toward it), in one C call."""
+    stats = stats.double().contiguous()
+    b, gh, gw, _ = stats.shape
+    out = torch.empty(b, gh, gw, 3, 4, dtype=torch.float32)
+    _lib.ridge_grid(_ptr(stats), b, gh * gw, float(eps), _ptr(out), torch.get_num_threads())
+    return out
 
 
 FIXED_POINT_RANGE = 1000.0  # levels: the 16-bit path's sums stay within +-32000/16 for grids inside it

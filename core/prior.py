@@ -116,10 +116,25 @@ class ToneCurves(nn.Module):
         self.register_buffer("coeffs", coeffs.float())  # (4, 3): v^0 .. v^3 per channel, v in [0, 1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) in [0, 1] -> (B, 3, H, W) in [0, 1]."""
+        """(B, 3, H, W) in [0, 1] -> (B, 3, H, W) in [0, 1]. On the CPU, without autograd, the C pass of
+        the whole prior with only each channel's own terms (0.85 -> ~0.1 ms for four 256x160 copies)."""
+        from core import kernels
+
+        if x.device.type == "cpu" and not (torch.is_grad_enabled() and (self.coeffs.requires_grad or x.requires_grad)) \
+                and kernels.available():
+            return kernels.prior_planes(x, self.as_cubic())
         c = self.coeffs.to(device=x.device, dtype=torch.float32)[:, :, None, None]
         x = x.float()
         return (((c[3] * x + c[2]) * x + c[1]) * x + c[0]).clamp_(0, 1)
+
+    def as_cubic(self) -> torch.Tensor:
+        """The curves as the prior's (20, 3) coefficients over MONOMIALS: channel c's v^j on the term c^j."""
+        w = torch.zeros(len(MONOMIALS), 3, dtype=self.coeffs.dtype, device=self.coeffs.device)
+        for c in range(3):
+            w[0, c] = self.coeffs[0, c]
+            for j in (1, 2, 3):
+                w[MONOMIALS.index((c,) * j), c] = self.coeffs[j, c]
+        return w
 
     def kernel_args(self) -> dict:
         """What the C kernel takes (core.kernels.affine_grid_u8): the curves on levels 0..255."""

@@ -114,19 +114,19 @@ def fit_affine_grid(lo_in: torch.Tensor, lo_out: torch.Tensor,
     dev = lo_in.device
     from core import kernels
 
-    if dev.type == "cpu" and kernels.available():  # one pass in C, sums in float64 (whole fit 1.5 ms at 256x160)
+    if dev.type == "cpu" and kernels.available():  # moments in one C pass (sums in float64), then the solves
         stats = kernels.grid_moments(lo_in, lo_out, gh, gw, _interp_index(h, gh, dev), _interp_index(w, gw, dev))
-    else:
-        # float64: the moment sums cancel (E[xx] - E[x]^2) in flat cells.
-        x = torch.cat([lo_in.double(), torch.ones_like(lo_in[:, :1], dtype=torch.float64)], 1)
-        y = lo_out.double()
-        # einsum, not broadcasting: the broadcast product of (B, 4, 1, h, w) and (B, 1, 4, h, w) in float64
-        # took 50 ms at 256x160 here, this 0.4 ms
-        feats = torch.cat([torch.einsum("bihw,bjhw->bijhw", x, x).flatten(1, 2),    # (B, 16, h, w)
-                           torch.einsum("bihw,bjhw->bijhw", x, y).flatten(1, 2)], 1)  # (B, 12, h, w)
-        wy, wx = _interp_matrix(h, gh, dev), _interp_matrix(w, gw, dev)
-        stats = torch.einsum("bchw,wk->bchk", feats, wx)
-        stats = torch.einsum("bchk,hg->bgkc", stats, wy)                     # (B, gh, gw, 28)
+        return kernels.ridge_grid(stats, eps)  # the solves below, in C
+    # float64: the moment sums cancel (E[xx] - E[x]^2) in flat cells.
+    x = torch.cat([lo_in.double(), torch.ones_like(lo_in[:, :1], dtype=torch.float64)], 1)
+    y = lo_out.double()
+    # einsum, not broadcasting: the broadcast product of (B, 4, 1, h, w) and (B, 1, 4, h, w) in float64
+    # took 50 ms at 256x160 here, this 0.4 ms
+    feats = torch.cat([torch.einsum("bihw,bjhw->bijhw", x, x).flatten(1, 2),    # (B, 16, h, w)
+                       torch.einsum("bihw,bjhw->bijhw", x, y).flatten(1, 2)], 1)  # (B, 12, h, w)
+    wy, wx = _interp_matrix(h, gh, dev), _interp_matrix(w, gw, dev)
+    stats = torch.einsum("bchw,wk->bchk", feats, wx)
+    stats = torch.einsum("bchk,hg->bgkc", stats, wy)                         # (B, gh, gw, 28)
     s_xx, s_xy = stats[..., :16].unflatten(-1, (4, 4)), stats[..., 16:].unflatten(-1, (4, 3))
 
     identity = torch.cat([torch.eye(3, dtype=torch.float64, device=dev),

@@ -338,3 +338,8 @@ def test_tone_curves_are_the_prior_on_the_grey_axis():
     on_levels = (k[0] + k[1] * v + k[2] * v ** 2 + k[3] * v ** 3).clamp(0, 255)
     grey_levels = torch.arange(256.0).view(1, 1, 1, 256).expand(1, 3, 1, 256) / 255
     assert torch.allclose(on_levels.T.float(), curves(grey_levels)[0, :, 0] * 255, atol=1e-3)
+    # the C pass (no autograd, on the CPU) is the PyTorch formula
+    with torch.no_grad():
+        fast = curves(x)
+    x.requires_grad_()
+    assert torch.allclose(fast, curves(x).detach(), atol=1e-6) and not torch.equal(fast, x.detach())

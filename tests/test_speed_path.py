@@ -420,6 +420,7 @@ def test_separable_resampling_in_c_equals_torchs_antialiased_resize():
 
 
 def test_grid_moments_in_c_equal_the_einsum_fit(monkeypatch):
+    """The C fit (moments, then the ridge solves) is the PyTorch one, empty cells included."""
     if not kernels.available():
         pytest.skip("no C compiler: the fit is the einsum")
     from core.transfer import fit_affine_grid
@@ -428,8 +429,10 @@ def test_grid_moments_in_c_equal_the_einsum_fit(monkeypatch):
     lo = torch.rand(2, 3, 40, 56, generator=g)
     out = (lo ** 0.8 * torch.tensor([1.0, 0.9, 0.8]).view(1, 3, 1, 1) + 0.02 * torch.rand(2, 3, 40, 56, generator=g))
     fast = fit_affine_grid(lo, out, (5, 7))
+    tiny = fit_affine_grid(lo[..., :3, :4], out[..., :3, :4], (6, 8))  # cells no pixel reaches: the global fit
     monkeypatch.setenv("ESTATE_EDIT_KERNELS", "0")
     assert torch.allclose(fast, fit_affine_grid(lo, out, (5, 7)), atol=1e-5)
+    assert torch.allclose(tiny, fit_affine_grid(lo[..., :3, :4], out[..., :3, :4], (6, 8)), atol=1e-4)
 
 
 def test_the_portable_build_without_avx512_gives_the_same_photos(monkeypatch, tmp_path):
