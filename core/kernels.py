@@ -675,25 +675,59 @@ void box_reduce_u8(const uint8_t* x, float* out, int64_t nimg, int64_t h, int64_
 /* Separable resampling of float planes (the working copy's second step, after the box reduction):
    x (planes, h, w) -> out (planes, ho, wo); output row yo is the sum over yn[yo] input rows from
    y0[yo] with weights yw[yo * ky + t], output column likewise (x0, xn, xw, kx). Rows first, over the
-   whole width (vectorised), then columns from that one row. The weights come from the caller
-   (core/kernels.py: torch's antialiased bicubic and bilinear filters). */
+   whole width (vectorised), then columns from those rows. The weights come from the caller
+   (core/kernels.py: torch's antialiased bicubic and bilinear filters). With AVX-512, 16 output rows
+   at a time: their rows of the first pass are gathered column by column (tt[x][r]), so each output
+   column is one 16-wide sum over its taps for all 16 rows, in the taps' order as the scalar loop. */
+static void resample_row(const float* src, int64_t w, int64_t yo, const int32_t* y0, const int32_t* yn,
+                         const float* yw, int ky, float* restrict acc) {
+    for (int64_t i = 0; i < w; i++) acc[i] = 0.f;
+    for (int t = 0; t < yn[yo]; t++) {
+        const float wt = yw[yo * ky + t];
+        const float* restrict r = src + (int64_t)(y0[yo] + t) * w;
+        for (int64_t i = 0; i < w; i++) acc[i] += wt * r[i];
+    }
+}
+
 void resample_planes(const float* x, float* out, int64_t planes, int64_t h, int64_t w, int64_t ho, int64_t wo,
                      const int32_t* y0, const int32_t* yn, const float* yw, int ky,
                      const int32_t* x0, const int32_t* xn, const float* xw, int kx, int nthreads) {
+#ifdef HAVE_AVX512
+    int64_t blocks = (ho + 15) / 16;
+    #pragma omp parallel num_threads(nthreads)
+    {
+        float* tmp = malloc(sizeof(float) * 16 * w);
+        float* tt = malloc(sizeof(float) * 16 * w);
+        const __m512i rows = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14,
+                                                                  15), _mm512_set1_epi32((int)w));
+        #pragma omp for schedule(static)
+        for (int64_t pb = 0; pb < planes * blocks; pb++) {
+            int64_t pl = pb / blocks, top = (pb % blocks) * 16, n = ho - top < 16 ? ho - top : 16;
+            for (int r = 0; r < 16; r++)  /* rows past the plane's end repeat its last: read, never written */
+                resample_row(x + pl * h * w, w, top + (r < n ? r : n - 1), y0, yn, yw, ky, tmp + r * w);
+            for (int64_t i = 0; i < w; i++) _mm512_storeu_ps(tt + 16 * i, _mm512_i32gather_ps(rows, tmp + i, 4));
+            for (int64_t xo = 0; xo < wo; xo++) {
+                const float* c = tt + 16 * (int64_t)x0[xo];
+                const float* wt = xw + xo * kx;
+                __m512 acc = _mm512_setzero_ps();
+                for (int t = 0; t < xn[xo]; t++)
+                    acc = _mm512_fmadd_ps(_mm512_set1_ps(wt[t]), _mm512_loadu_ps(c + 16 * t), acc);
+                float lane[16];
+                _mm512_storeu_ps(lane, acc);
+                for (int r = 0; r < n; r++) out[(pl * ho + top + r) * wo + xo] = lane[r];
+            }
+        }
+        free(tmp);
+        free(tt);
+    }
+#else
     #pragma omp parallel num_threads(nthreads)
     {
         float* tmp = malloc(sizeof(float) * (w + 16));
         #pragma omp for schedule(static)
         for (int64_t po = 0; po < planes * ho; po++) {
             int64_t pl = po / ho, yo = po % ho;
-            const float* src = x + pl * h * w;
-            for (int64_t i = 0; i < w; i++) tmp[i] = 0.f;
-            for (int t = 0; t < yn[yo]; t++) {
-                const float wt = yw[yo * ky + t];
-                const float* restrict r = src + (int64_t)(y0[yo] + t) * w;
-                float* restrict acc = tmp;
-                for (int64_t i = 0; i < w; i++) acc[i] += wt * r[i];
-            }
+            resample_row(x + pl * h * w, w, yo, y0, yn, yw, ky, tmp);
             float* o = out + (pl * ho + yo) * wo;
             for (int64_t xo = 0; xo < wo; xo++) {
                 const float* r = tmp + x0[xo];
@@ -705,6 +739,7 @@ void resample_planes(const float* x, float* out, int64_t planes, int64_t h, int6
         }
         free(tmp);
     }
+#endif
 }
 
 /* The grid fit's moments (core/transfer.py fit_affine_grid): x, y (nimg, 3, h, w) float, the
