@@ -122,9 +122,13 @@ class Buffers:
     def __init__(self, keep: int):
         self.keep, self.free = keep, deque()
 
+    @staticmethod
+    def _key(t: torch.Tensor) -> tuple:
+        return tuple(t.shape), t.stride(), t.dtype, t.device
+
     def take(self, like: torch.Tensor) -> torch.Tensor:
         """An uninitialised tensor like `like`: same shape, strides (an HWC view stays one), device."""
-        key = (tuple(like.shape), like.stride(), like.dtype, like.device)
+        key = self._key(like)
         for i, (k, buf) in enumerate(self.free):
             if k == key:
                 del self.free[i]
@@ -132,7 +136,7 @@ class Buffers:
         return torch.empty_like(like)
 
     def give(self, buf: torch.Tensor) -> None:
-        self.free.append(((tuple(buf.shape), buf.stride(), buf.dtype, buf.device), buf))
+        self.free.append((self._key(buf), buf))
         while len(self.free) > self.keep:
             self.free.popleft()
 
