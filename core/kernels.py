@@ -703,8 +703,9 @@ void resample_planes(const float* x, float* out, int64_t planes, int64_t h, int6
         #pragma omp for schedule(static)
         for (int64_t pb = 0; pb < planes * blocks; pb++) {
             int64_t pl = pb / blocks, top = (pb % blocks) * 16, n = ho - top < 16 ? ho - top : 16;
-            for (int r = 0; r < 16; r++)  /* rows past the plane's end repeat its last: read, never written */
-                resample_row(x + pl * h * w, w, top + (r < n ? r : n - 1), y0, yn, yw, ky, tmp + r * w);
+            for (int r = 0; r < n; r++) resample_row(x + pl * h * w, w, top + r, y0, yn, yw, ky, tmp + r * w);
+            for (int r = n; r < 16; r++)  /* past the plane's end: a copy of its last row, read, never written */
+                memcpy(tmp + r * w, tmp + (n - 1) * w, sizeof(float) * w);
             for (int64_t i = 0; i < w; i++) _mm512_storeu_ps(tt + 16 * i, _mm512_i32gather_ps(rows, tmp + i, 4));
             for (int64_t xo = 0; xo < wo; xo++) {
                 const float* c = tt + 16 * (int64_t)x0[xo];
