@@ -369,12 +369,101 @@ static inline __m512i grid_epi16(__m512i r, __m512i g, __m512i b, __m512i f, con
                                                _mm512_mulhrs_epi16(f, affine3_epi16(r, g, b, dq))), 4);
 }
 
-static void row_int16(const uint8_t* restrict p, uint8_t* restrict o, int64_t w, int64_t cs,
-                      const int16_t* restrict rq, const int16_t* restrict rd, const int32_t* restrict i0,
-                      const int64_t* restrict span_end, const int16_t* restrict fq, const int16_t* restrict tables) {
+/* The same in float16 (AVX512-FP16): 32 lanes of fused multiply-adds, half the instructions of the
+   16-bit products plus adds. Pixels and outputs centred on 128 levels (|v| <= 128, where float16's
+   step is at most 1/16 of a level; the tone tables hold float16 levels minus 128, and the grid's b and
+   d take the shift: centre_grid), A and D as float16, f in float16; each of the seven fused steps
+   rounds once, the result rounded to the nearest level (even) in 16 bits, saturated to -128..127 and
+   moved back by flipping the top bit (out16). half: 1 = this path, 0 = the 16-bit fixed point
+   (always_inline callers pass a constant, so each gets its own loop). */
+#if defined(__AVX512FP16__)
+#define HAVE_FP16 1
+/* acc + x * (*m): the instruction reads the coefficient and broadcasts it itself ({1to32}); written
+   with intrinsics, gcc broadcasts it into a register first, one more shuffle a product. */
+static inline __m512h fma_bcast(__m512h x, const int16_t* m, __m512h acc) {
+    __asm__("vfmadd231ph %2%{1to32%}, %1, %0" : "+v"(acc) : "v"(x), "m"(*(const _Float16*)m));
+    return acc;
+}
+/* q: a channel's [A | b] (float16 bits); bias: b already broadcast (a plain load, no shuffle). */
+static inline __m512h affine3_ph(__m512h r, __m512h g, __m512h b, const int16_t* q, const __m512h* bias) {
+    return fma_bcast(r, q, fma_bcast(g, q + 1, fma_bcast(b, q + 2, *bias)));
+}
+static inline __m512i grid_ph(__m512i r, __m512i g, __m512i b, __m512i f, const int16_t* aq, const int16_t* dq,
+                              const __m512h* bias) {
+    __m512h rh = _mm512_castsi512_ph(r), gh = _mm512_castsi512_ph(g), bh = _mm512_castsi512_ph(b);
+    return _mm512_cvtph_epi16(_mm512_fmadd_ph(_mm512_castsi512_ph(f), affine3_ph(rh, gh, bh, dq, bias + 1),
+                                              affine3_ph(rh, gh, bh, aq, bias)));
+}
+/* A span's six b and d (channel c: bias[2 c], bias[2 c + 1]) broadcast once for all its blocks. */
+static inline void span_bias(__m512h* bias, const int16_t* aq, const int16_t* dq) {
+    for (int c = 0; c < 3; c++) {
+        bias[2 * c] = _mm512_set1_ph(*(const _Float16*)(aq + 4 * c + 3));
+        bias[2 * c + 1] = _mm512_set1_ph(*(const _Float16*)(dq + 4 * c + 3));
+    }
+}
+#endif
+static inline __attribute__((always_inline)) __m512i grid16(int half, __m512i r, __m512i g, __m512i b, __m512i f,
+                                                            const int16_t* aq, const int16_t* dq, const void* bias) {
+#ifdef HAVE_FP16
+    if (half) return grid_ph(r, g, b, f, aq, dq, (const __m512h*)bias);
+#endif
+    return grid_epi16(r, g, b, f, aq, dq);
+}
+
+#ifdef HAVE_FP16
+#define BIAS(name, aq, dq) __m512h name[6]; if (half) span_bias(name, aq, dq)
+#else
+#define BIAS(name, aq, dq) const void* name = NULL
+#endif
+
+/* A pixel's 16-bit value with no tone curve: levels in 1/128 (fixed point) or levels - 128 as float16. */
+static inline __attribute__((always_inline)) __m512i plain16(int half, __m512i v) {
+#ifdef HAVE_FP16
+    if (half) return _mm512_castph_si512(_mm512_cvtepi16_ph(_mm512_sub_epi16(v, _mm512_set1_epi16(128))));
+#endif
+    return _mm512_slli_epi16(v, 7);
+}
+
+/* 32 results in 16 bits -> bytes 0..255 (the half path's are centred on 128). */
+static inline __attribute__((always_inline)) __m256i out16(int half, __m512i v) {
+    if (half) return _mm256_xor_si256(_mm512_cvtsepi16_epi8(v), _mm256_set1_epi8((char)0x80));
+    return _mm512_cvtusepi16_epi8(_mm512_max_epi16(v, _mm512_setzero_si512()));
+}
+
+/* The half path's grid (nimg * cells cells of [A | b] x 3 channels, b in levels), centred: for
+   pixels t - 128 and outputs out - 128, b becomes b + 128 (sum of the channel's A) - 128. Interpolating
+   rows and columns commutes with this (it is affine in the coefficients, and the weights sum to 1). */
+static float* centre_grid(const float* grid, int64_t cells) {
+    float* c = malloc(sizeof(float) * cells * 12);
+    for (int64_t i = 0; i < cells * 12; i += 4) {
+        const float* a = grid + i;
+        c[i] = a[0]; c[i + 1] = a[1]; c[i + 2] = a[2];
+        c[i + 3] = a[3] + 128.f * (a[0] + a[1] + a[2]) - 128.f;
+    }
+    return c;
+}
+
+/* A row's coefficients as float16 bits (the half path's quantise_row): q = [A | b] (b in levels),
+   d = the next cell's minus this one's, taken in float before rounding (0 for the last cell). */
+static void half_row(const float* restrict row, int gw, int16_t* restrict q, int16_t* restrict d) {
+    int n = gw * 12;  /* row has 16 floats of padding and more scratch after it: the tail's d is redone */
+    for (int j = 0; j < n; j += 16) {
+        __m512 a = _mm512_loadu_ps(row + j), next = _mm512_loadu_ps(row + j + 12);
+        _mm256_storeu_si256((__m256i*)(q + j), _mm512_cvtps_ph(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+        _mm256_storeu_si256((__m256i*)(d + j), _mm512_cvtps_ph(_mm512_sub_ps(next, a),
+                                                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    }
+    for (int j = n - 12; j < n; j++) d[j] = 0;
+}
+
+static inline __attribute__((always_inline)) void row_int16(
+        const uint8_t* restrict p, uint8_t* restrict o, int64_t w, int64_t cs, const int16_t* restrict rq,
+        const int16_t* restrict rd, const int32_t* restrict i0, const int64_t* restrict span_end,
+        const int16_t* restrict fq, const int16_t* restrict tables, int half) {
     for (int64_t xs = 0; xs < w;) {
         const int16_t *aq = rq + 12 * i0[xs], *dq = rd + 12 * i0[xs];
         int64_t xe = span_end[xs];
+        BIAS(bias, aq, dq);
         for (int64_t i = xs; i < xe; i += 32) {
             int64_t n = xe - i < 32 ? xe - i : 32;
             __m256i r8, g8, b8;
@@ -383,16 +472,14 @@ static void row_int16(const uint8_t* restrict p, uint8_t* restrict o, int64_t w,
             if (tables) {
                 r = lut256_epi16(tables, r); g = lut256_epi16(tables + 256, g); b = lut256_epi16(tables + 512, b);
             } else {
-                r = _mm512_slli_epi16(r, 7); g = _mm512_slli_epi16(g, 7); b = _mm512_slli_epi16(b, 7);
+                r = plain16(half, r); g = plain16(half, g); b = plain16(half, b);
             }
             __m512i f = n == 32 ? _mm512_loadu_si512(fq + i)
                                 : _mm512_maskz_loadu_epi16((__mmask32)bytes_mask(n), fq + i);
             __m512i out[3];
-            for (int ch = 0; ch < 3; ch++) out[ch] = grid_epi16(r, g, b, f, aq + 4 * ch, dq + 4 * ch);
+            for (int ch = 0; ch < 3; ch++) out[ch] = grid16(half, r, g, b, f, aq + 4 * ch, dq + 4 * ch, bias + 2 * ch);
             __m512i zero = _mm512_setzero_si512();
-            store32(o, i, n, cs, _mm512_cvtusepi16_epi8(_mm512_max_epi16(out[0], zero)),
-                    _mm512_cvtusepi16_epi8(_mm512_max_epi16(out[1], zero)),
-                    _mm512_cvtusepi16_epi8(_mm512_max_epi16(out[2], zero)));
+            store32(o, i, n, cs, out16(half, out[0]), out16(half, out[1]), out16(half, out[2]));
         }
         xs = xe;
     }
@@ -443,11 +530,12 @@ static void block64_tables(block64_t* t, const int16_t* tables) {
             }
 }
 
-static inline void tone64(const block64_t* t, int c, int use_tables, __m512i u, __m512i* w0, __m512i* w1) {
+static inline __attribute__((always_inline)) void tone64(const block64_t* t, int c, int use_tables, int half,
+                                                         __m512i u, __m512i* w0, __m512i* w1) {
     if (!use_tables) {
         __m512i zero = _mm512_setzero_si512();
-        *w0 = _mm512_slli_epi16(_mm512_unpacklo_epi8(u, zero), 7);
-        *w1 = _mm512_slli_epi16(_mm512_unpackhi_epi8(u, zero), 7);
+        *w0 = plain16(half, _mm512_unpacklo_epi8(u, zero));
+        *w1 = plain16(half, _mm512_unpackhi_epi8(u, zero));
         return;
     }
     __mmask64 top = _mm512_movepi8_mask(u);
@@ -462,17 +550,24 @@ static inline void tone64(const block64_t* t, int c, int use_tables, __m512i u, 
     *w1 = _mm512_unpackhi_epi8(l, h);
 }
 
-static void row_int16_hwc64(const uint8_t* restrict p, uint8_t* restrict o, int64_t w,
-                            const int16_t* restrict rq, const int16_t* restrict rd, const int32_t* restrict i0,
-                            const int64_t* restrict span_end, const int16_t* restrict fq, int use_tables,
-                            const block64_t* restrict t) {
+#ifndef PF_DIST
+#define PF_DIST 1536
+#endif
+static inline __attribute__((always_inline)) void row_int16_hwc64(
+        const uint8_t* restrict p, uint8_t* restrict o, int64_t w, const int16_t* restrict rq,
+        const int16_t* restrict rd, const int32_t* restrict i0, const int64_t* restrict span_end,
+        const int16_t* restrict fq, int use_tables, const block64_t* restrict t, int half) {
     const __m512i fo0 = _mm512_loadu_si512(t->f_order[0]), fo1 = _mm512_loadu_si512(t->f_order[1]);
     for (int64_t xs = 0; xs < w;) {
         const int16_t *aq = rq + 12 * i0[xs], *dq = rd + 12 * i0[xs];
         int64_t xe = span_end[xs];
+        BIAS(bias, aq, dq);
         for (int64_t i = xs; i < xe; i += 64) {
             int64_t n = xe - i < 64 ? xe - i : 64;
             const uint8_t* q = p + 3 * i;
+#if PF_DIST > 0
+            for (int k = 0; k < 3; k++) _mm_prefetch((const char*)q + PF_DIST + 64 * k, _MM_HINT_T0);
+#endif
             __m512i v[3], fa, fb;
             if (n == 64) {
                 for (int k = 0; k < 3; k++) v[k] = _mm512_loadu_si512(q + 64 * k);
@@ -487,15 +582,24 @@ static void row_int16_hwc64(const uint8_t* restrict p, uint8_t* restrict o, int6
                 __m512i u = _mm512_mask_blend_epi8(t->split_m[c],
                     _mm512_permutex2var_epi8(v[0], _mm512_loadu_si512(t->split_a[c]), v[1]),
                     _mm512_permutexvar_epi8(_mm512_loadu_si512(t->split_c[c]), v[2]));
-                tone64(t, c, use_tables, u, &x[0][c], &x[1][c]);
+                tone64(t, c, use_tables, half, u, &x[0][c], &x[1][c]);
             }
             __m512i f[2] = {_mm512_permutex2var_epi16(fa, fo0, fb), _mm512_permutex2var_epi16(fa, fo1, fb)};
             __m512i res[2][3];
             for (int c = 0; c < 3; c++)  /* channel by channel: its 8 coefficients, both halves */
                 for (int hf = 0; hf < 2; hf++)
-                    res[hf][c] = grid_epi16(x[hf][0], x[hf][1], x[hf][2], f[hf], aq + 4 * c, dq + 4 * c);
-            __m512i R = _mm512_packus_epi16(res[0][0], res[1][0]), G = _mm512_packus_epi16(res[0][1], res[1][1]);
-            __m512i B = _mm512_packus_epi16(res[0][2], res[1][2]);
+                    res[hf][c] = grid16(half, x[hf][0], x[hf][1], x[hf][2], f[hf], aq + 4 * c, dq + 4 * c,
+                                        bias + 2 * c);
+            __m512i R, G, B;  /* the half path's results are centred: signed saturation, top bit flipped */
+            if (half) {
+                R = _mm512_packs_epi16(res[0][0], res[1][0]); G = _mm512_packs_epi16(res[0][1], res[1][1]);
+                B = _mm512_packs_epi16(res[0][2], res[1][2]);
+                const __m512i top = _mm512_set1_epi8((char)0x80);
+                R = _mm512_xor_si512(R, top); G = _mm512_xor_si512(G, top); B = _mm512_xor_si512(B, top);
+            } else {
+                R = _mm512_packus_epi16(res[0][0], res[1][0]); G = _mm512_packus_epi16(res[0][1], res[1][1]);
+                B = _mm512_packus_epi16(res[0][2], res[1][2]);
+            }
             for (int k = 0; k < 3; k++) {
                 __m512i out = _mm512_mask_blend_epi8(t->merge_m[k],
                     _mm512_permutex2var_epi8(R, _mm512_loadu_si512(t->merge_rg[k]), G),
@@ -527,6 +631,13 @@ void affine_grid_u8(const uint8_t* x, uint8_t* out, int64_t nimg, int64_t h, int
     init_masks();
     int16_t* fq = malloc(sizeof(int16_t) * (w + 32));
     for (int64_t i = 0; i < w; i++) fq[i] = round16(fx[i] * 32768.f < 32767.f ? fx[i] * 32768.f : 32767.f);
+    float* centred = NULL;
+#ifdef HAVE_FP16
+    if (fixed == 2) {
+        for (int64_t i = 0; i < w; i++) { _Float16 v = (_Float16)fx[i]; memcpy(fq + i, &v, sizeof v); }
+        grid = centred = centre_grid(grid, nimg * gh * gw);
+    }
+#endif
     int64_t* span_end = malloc(sizeof(int64_t) * (w + 1));  /* where the run of pixels sharing pixel i's cell ends */
 #ifdef HAVE_AVX512
     block64_t b64;
@@ -549,10 +660,17 @@ void affine_grid_u8(const uint8_t* x, uint8_t* out, int64_t nimg, int64_t h, int
             for (int k = 0; k < gw * 12; k++) row[k] = g0[k] + t * (g1[k] - g0[k]);
             int64_t offset = planar ? bi * 3 * h * w + y * w : (bi * h + y) * w * 3;
 #ifdef HAVE_AVX512
+#ifdef HAVE_FP16
+            if (fixed == 2) {
+                half_row(row, gw, rq, rd);
+                if (planar) row_int16(x + offset, out + offset, w, cs, rq, rd, i0, span_end, fq, tables, 1);
+                else row_int16_hwc64(x + offset, out + offset, w, rq, rd, i0, span_end, fq, tables != 0, &b64, 1);
+            } else
+#endif
             if (fixed) {
                 quantise_row(row, gw, rq, rd);
-                if (planar) row_int16(x + offset, out + offset, w, cs, rq, rd, i0, span_end, fq, tables);
-                else row_int16_hwc64(x + offset, out + offset, w, rq, rd, i0, span_end, fq, tables != 0, &b64);
+                if (planar) row_int16(x + offset, out + offset, w, cs, rq, rd, i0, span_end, fq, tables, 0);
+                else row_int16_hwc64(x + offset, out + offset, w, rq, rd, i0, span_end, fq, tables != 0, &b64, 0);
             }
             else row_avx512(x + offset, out + offset, w, cs, row, gw, i0, span_end, fx, pre_kind, pre);
 #else
@@ -574,6 +692,7 @@ void affine_grid_u8(const uint8_t* x, uint8_t* out, int64_t nimg, int64_t h, int
     }
     free(fq);
     free(span_end);
+    free(centred);
 }
 
 /* Box reduction by k (the working copy's first step at large sizes): out (nimg, 3, ceil(h / k),
@@ -922,9 +1041,11 @@ void pack_lut(const float* lut, int64_t bi, int s, const int32_t* idx, const flo
               int nthreads) {}
 #endif
 
-/* Does this build have the 16-bit path (AVX-512 BW + VBMI)? */
+/* Does this build have the 16-bit path (AVX-512 BW + VBMI): 0 = no, 1 = fixed point, 2 = also float16? */
 int has_fixed_point(void) {
-#ifdef HAVE_AVX512
+#if defined(HAVE_FP16)
+    return 2;
+#elif defined(HAVE_AVX512)
     return 1;
 #else
     return 0;
@@ -1109,7 +1230,7 @@ def _output(x: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
 def affine_grid_u8(x: torch.Tensor, grid: torch.Tensor, j0: torch.Tensor, j1: torch.Tensor, fy: torch.Tensor,
                    i0: torch.Tensor, fx: torch.Tensor, out: torch.Tensor | None = None,
                    poly: torch.Tensor | None = None, curves: torch.Tensor | None = None,
-                   fixed: bool | None = None) -> torch.Tensor:
+                   fixed: bool | None = None, half: bool | None = None) -> torch.Tensor:
     """x (B, 3, H, W) uint8; grid (B, G_h, G_w, 12) float32 [A | b], b in units of 255; the row and
     column interpolation tables (int32 cells, float32 weights). Returns uint8 in x's layout (into
     `out` when given: a reused buffer saves the page faults of a fresh 72 MB one at 24 MP).
@@ -1117,7 +1238,9 @@ def affine_grid_u8(x: torch.Tensor, grid: torch.Tensor, j0: torch.Tensor, j1: to
     `curves`: (4, 3) a cubic tone curve per channel on levels, out_c = sum_j curves[j, c] p_c^j
     clamped to 0..255 (core.prior.ToneCurves.kernel_args);
     `poly`: (20, 3) the cubic coefficients of the colour prior itself (core/prior.py).
-    `fixed`: None = the 16-bit path where it applies (fixed_point_ok; never with `poly`), False = float."""
+    `fixed`: None = the 16-bit path where it applies (fixed_point_ok; never with `poly`), False = float.
+    `half`: in the 16-bit path, None = float16 arithmetic where the CPU has it (AVX512-FP16: half the
+    instructions, within one level of the float path like the fixed point), False = fixed point."""
     x, planar = _layout(x)
     out = _output(x, out)
     b, _, h, w = x.shape
@@ -1131,12 +1254,14 @@ def affine_grid_u8(x: torch.Tensor, grid: torch.Tensor, j0: torch.Tensor, j1: to
             if pre.shape != shape:
                 raise ValueError(f"core/kernels.py: {name} has shape {tuple(pre.shape)}; expected {shape}")
             kind = k
-    fixed = poly is None and fixed_point_ok(grid) and fixed is not False
-    if fixed and curves is not None:
-        lut = curve_tables(curves)
+    mode = int(poly is None and fixed is not False and fixed_point_ok(grid))  # 0 float, 1 fixed point, 2 float16
+    if mode and half is not False and _lib.has_fixed_point() == 2:
+        mode = 2
+    if mode and curves is not None:
+        lut = curve_tables(curves, half=mode == 2)
     _lib.affine_grid_u8(_ptr(x), _ptr(out), b, h, w, planar, _ptr(grid), grid.shape[1], grid.shape[2],
                         *map(_ptr, tables), kind, None if pre is None else _ptr(pre),
-                        None if lut is None else _ptr(lut), int(fixed), torch.get_num_threads())
+                        None if lut is None else _ptr(lut), mode, torch.get_num_threads())
     return out
 
 
@@ -1247,19 +1372,20 @@ def fixed_point_ok(grid: torch.Tensor) -> bool:
     return bool(torch.isfinite(bound).all()) and float(bound.max()) <= FIXED_POINT_RANGE
 
 
-def curve_tables(curves: torch.Tensor) -> torch.Tensor:
-    """(4, 3) tone-curve coefficients on levels -> (3, 256) int16: each channel's curve at the 256 levels
-    in 1/128 of a level, clamped to 0..255 (the 16-bit path looks pixels up in it). Kept per curve: the
-    photos of a batch share it (read only)."""
-    return _curve_tables(tuple(curves.detach().to("cpu", torch.float64).flatten().tolist()))
+def curve_tables(curves: torch.Tensor, half: bool = False) -> torch.Tensor:
+    """(4, 3) tone-curve coefficients on levels -> (3, 256) int16: each channel's curve at the 256 levels,
+    clamped to 0..255, in 1/128 of a level (fixed point) or minus 128 as float16 bits (`half`); the 16-bit path
+    looks pixels up in it. Kept per curve: the photos of a batch share it (read only)."""
+    return _curve_tables(tuple(curves.detach().to("cpu", torch.float64).flatten().tolist()), half)
 
 
 @functools.lru_cache(maxsize=8)
-def _curve_tables(coeffs: tuple) -> torch.Tensor:
+def _curve_tables(coeffs: tuple, half: bool) -> torch.Tensor:
     v = torch.arange(256, dtype=torch.float64)[:, None]
     c = torch.tensor(coeffs, dtype=torch.float64).reshape(4, 3)
-    out = c[0] + c[1] * v + c[2] * v ** 2 + c[3] * v ** 3                      # (256, 3)
-    return (out.clamp(0, 255) * 128).round().to(torch.int16).T.contiguous()
+    out = (c[0] + c[1] * v + c[2] * v ** 2 + c[3] * v ** 3).clamp(0, 255)     # (256, 3)
+    table = (out - 128).to(torch.float16).view(torch.int16) if half else (out * 128).round().to(torch.int16)
+    return table.T.contiguous()
 
 
 _local = threading.local()

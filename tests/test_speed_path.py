@@ -334,10 +334,10 @@ def test_torchvision_io_falls_back_to_pil_when_it_cannot(student_dir, tmp_path, 
 
 
 def test_fixed_point_kernel_equals_the_float_paths(monkeypatch):
-    """The 16-bit kernel (AVX-512), the float kernel and the PyTorch bands agree within one level,
-    with nothing, the prior's tone curves or the whole cubic prior before the grid, in both layouts
-    and on widths that leave partial blocks; a grid outside the 16-bit range goes to the float
-    kernel and is still right."""
+    """The 16-bit kernel (AVX-512; in fixed point, and in float16 where the CPU has AVX512-FP16), the
+    float kernel and the PyTorch bands agree within one level, with nothing, the prior's tone curves
+    or the whole cubic prior before the grid, in both layouts and on widths that leave partial
+    blocks; a grid outside the 16-bit range goes to the float kernel and is still right."""
     if not kernels.available():
         pytest.skip("no C compiler: the PyTorch path is the only one")
     from core.prior import ColourPrior
@@ -356,15 +356,25 @@ def test_fixed_point_kernel_equals_the_float_paths(monkeypatch):
         for pre in (None, prior.tone_curves(), prior):
             ref = (apply_affine_grid(hwc.float() / 255, grid, pre=pre) * 255).round()
             assert pre is None or (ref - plain).abs().max() > 5  # what runs first changes the result
-            fixed = [apply_affine_grid_u8(x, grid, pre=pre) for x in (hwc, hwc.contiguous())]
+            fixed = {}  # the build's 16-bit modes: 1 = fixed point, 2 = float16 (the default where built)
+            for mode in range(1, kernels._lib.has_fixed_point() + 1):
+                with monkeypatch.context() as m:
+                    m.setattr(kernels._lib, "has_fixed_point", lambda mode=mode: mode)
+                    fixed[mode] = [apply_affine_grid_u8(x, grid, pre=pre) for x in (hwc, hwc.contiguous())]
             with monkeypatch.context() as m:
                 m.setattr(kernels, "fixed_point_ok", lambda grid: False)
                 floating = apply_affine_grid_u8(hwc, grid, pre=pre)
                 m.setenv("ESTATE_EDIT_KERNELS", "0")
                 bands = apply_affine_grid_u8(hwc, grid, pre=pre)
-            for out in (*fixed, floating, bands):
+            for out in (*sum(fixed.values(), []), floating, bands):
                 assert (out.float() - ref).abs().max() <= 1
-            assert torch.equal(fixed[0], fixed[1].contiguous(memory_format=torch.channels_last))
+            for hwc_out, planar_out in fixed.values():
+                assert torch.equal(hwc_out, planar_out.contiguous(memory_format=torch.channels_last))
+            if len(fixed) == 2 and grid is coeffs and not isinstance(pre, ColourPrior):
+                # float16 and fixed point round differently: both ran (the whole prior takes the float kernel)
+                assert not torch.equal(fixed[1][0], fixed[2][0])
+            if fixed and grid is coeffs:
+                assert torch.equal(apply_affine_grid_u8(hwc, grid, pre=pre), fixed[max(fixed)][0])
 
 
 def test_box_reduction_and_the_working_copy_made_from_it():
