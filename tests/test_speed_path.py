@@ -107,6 +107,20 @@ def test_c_kernels_equal_the_pytorch_path(monkeypatch):
     assert (fast[0][1].float() - lut_ref).abs().max() <= 1
 
 
+def test_lut_kernel_on_every_tail_width():
+    """The packed look-up runs 32 pixels at a time (two groups of 16): rows of any width, in both layouts,
+    agree with the float trilinear look-up within one level, a random (rough) LUT included."""
+    if not kernels.available():
+        pytest.skip("no C compiler: the PyTorch path is the only one")
+    g = torch.Generator().manual_seed(3)
+    lut = (0.8 * identity_lut(17)[None] + 0.2 * torch.rand(1, 3, 17, 17, 17, generator=g))
+    for w in (1, 5, 16, 17, 31, 32, 33, 47, 48, 63, 64, 65, 70):
+        hwc = torch.randint(0, 256, (1, 3, w, 3), dtype=torch.uint8, generator=g).permute(0, 3, 1, 2)
+        ref = (apply_lut(lut, hwc.float() / 255) * 255).clamp(0, 255).round()
+        for x in (hwc, hwc.contiguous()):
+            assert (apply_lut(lut, x).float() - ref).abs().max() <= 1, w
+
+
 def test_half_precision_errors_are_as_documented():
     """docs/benchmarks.md states these: the transfer in float16 within one level; the network in
     bf16 autocast within two levels of fp32 on a demo photo."""
