@@ -1136,6 +1136,48 @@ static void lut_row_packed16(const uint8_t* restrict p, uint8_t* restrict o, int
 }
 #endif
 
+/* GroupNorm on channels_last float images: x, out (n, hw, c) (NHWC memory), `groups` groups of c / groups
+   consecutive channels, per-channel weight and bias. Per image: the channels' sums over the pixels (c
+   floats a pixel, a vector of 16 channels at a time), then each group's mean; the same for the squared
+   deviations from it (two passes: no cancellation); then out = x a + s per channel. The images are
+   spread over the threads. (PyTorch's channels_last GroupNorm took ~200 us on a 4 x 32 x 20 x 32 batch.) */
+void group_norm_nhwc(const float* x, float* out, int64_t n, int64_t hw, int64_t c, int groups,
+                     const float* weight, const float* bias, float eps, int nthreads) {
+    int64_t cpg = c / groups;
+    #pragma omp parallel for num_threads(nthreads) schedule(static)
+    for (int64_t i = 0; i < n; i++) {
+        const float* xi = x + i * hw * c;
+        float* oi = out + i * hw * c;
+        float* acc = calloc(2 * c + 16, sizeof(float));
+        float *a = acc, *sh = acc + c;
+        double mean[groups > 0 ? groups : 1], var[groups > 0 ? groups : 1];
+        for (int64_t p = 0; p < hw; p++)
+            for (int64_t k = 0; k < c; k++) a[k] += xi[p * c + k];
+        for (int g = 0; g < groups; g++) {
+            double m = 0;
+            for (int64_t k = g * cpg; k < (g + 1) * cpg; k++) m += a[k];
+            mean[g] = m / (double)(hw * cpg);
+        }
+        for (int64_t k = 0; k < c; k++) { sh[k] = (float)mean[k / cpg]; a[k] = 0.f; }
+        for (int64_t p = 0; p < hw; p++)
+            for (int64_t k = 0; k < c; k++) { float d = xi[p * c + k] - sh[k]; a[k] += d * d; }
+        for (int g = 0; g < groups; g++) {
+            double v = 0;
+            for (int64_t k = g * cpg; k < (g + 1) * cpg; k++) v += a[k];
+            var[g] = v / (double)(hw * cpg);
+        }
+        for (int64_t k = 0; k < c; k++) {
+            int g = (int)(k / cpg);
+            float rstd = (float)(1.0 / sqrt(var[g] + (double)eps));
+            a[k] = rstd * weight[k];
+            sh[k] = bias[k] - (float)mean[g] * a[k];
+        }
+        for (int64_t p = 0; p < hw; p++)
+            for (int64_t k = 0; k < c; k++) oi[p * c + k] = xi[p * c + k] * a[k] + sh[k];
+        free(acc);
+    }
+}
+
 void lut3d_u8(const uint8_t* x, uint8_t* out, int64_t nimg, int64_t h, int64_t w, int planar,
               const float* table, int s, const int32_t* idx, const float* frac, const float* levels,
               uint32_t* packed, int nthreads) {
@@ -1210,6 +1252,7 @@ def _build() -> ctypes.CDLL:
     lib.grid_moments.argtypes = [ptr, ptr, i64, i64, i64, i32, i32, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i32]
     lib.ridge_grid.argtypes = [ptr, i64, i64, ctypes.c_double, ptr, i32]
     lib.lut3d_u8.argtypes = [ptr, ptr, i64, i64, i64, i32, ptr, i32, ptr, ptr, ptr, ptr, i32]
+    lib.group_norm_nhwc.argtypes = [ptr, ptr, i64, i64, i64, i32, ptr, ptr, ctypes.c_float, i32]
     return lib
 
 
@@ -1300,6 +1343,22 @@ def prior_planes(x: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
     x = x.float().contiguous()
     out = torch.empty_like(x)
     _lib.prior_planes(_ptr(x), _ptr(out), x.shape[0], x.shape[-2] * x.shape[-1], _ptr(k), torch.get_num_threads())
+    return out
+
+
+def group_norm_nhwc(x: torch.Tensor, groups: int, weight: torch.Tensor, bias: torch.Tensor,
+                    eps: float) -> torch.Tensor:
+    """F.group_norm for a channels_last float32 (N, C, H, W) on the CPU (no autograd), in one C call; the
+    result is channels_last too."""
+    if (x.dtype != torch.float32 or x.ndim != 4 or x.device.type != "cpu" or x.shape[1] % groups
+            or not x.is_contiguous(memory_format=torch.channels_last)):
+        raise ValueError(f"core/kernels.py: group_norm_nhwc takes a channels_last float32 (N, C, H, W) on the "
+                         f"CPU with C divisible by {groups}; got {x.dtype} {tuple(x.shape)}")
+    n, c, h, w = x.shape
+    out = torch.empty_like(x)
+    weight, bias = weight.detach().float().contiguous(), bias.detach().float().contiguous()
+    _lib.group_norm_nhwc(_ptr(x), _ptr(out), n, h * w, c, groups, _ptr(weight), _ptr(bias), eps,
+                         torch.get_num_threads())
     return out
 
 

@@ -43,6 +43,7 @@ from core.checkpoint import (
     resolve_model_dir,
     save_model_folder,
 )
+from core.nets import fast_group_norms
 
 
 def serving_manifest(cfg, codec: dict | None) -> dict:
@@ -141,6 +142,10 @@ class LoadedModel:
     latent_fn: object = None  # replaces net.infer on latents (a compiled or exported path)
     prior: torch.nn.Module | None = None  # the colour prior applied before the codec (core.prior)
     timings: dict = dataclasses.field(default_factory=dict)  # ms of the last __call__'s parts
+
+    def __post_init__(self):
+        if self.device.type == "cpu":  # the channels_last GroupNorms of the UNets in one C call each
+            fast_group_norms(self.net)
 
     @property
     def kind(self) -> str:

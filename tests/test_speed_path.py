@@ -1,5 +1,6 @@
 """The fast photo path (uint8, batched, C kernels) gives the float reference's answer, and
 `enhance` as a throughput tool keeps what a user sees: every photo, subfolders, alpha, metadata."""
+import copy
 import json
 import os
 import subprocess
@@ -119,6 +120,36 @@ def test_lut_kernel_on_every_tail_width():
         ref = (apply_lut(lut, hwc.float() / 255) * 255).clamp(0, 255).round()
         for x in (hwc, hwc.contiguous()):
             assert (apply_lut(lut, x).float() - ref).abs().max() <= 1, w
+
+
+def test_fast_group_norm_equals_torch_and_keeps_autograd():
+    """A loaded model's GroupNorms take the C kernel on channels_last float32 maps without autograd and
+    give nn.GroupNorm's numbers within float rounding; under autograd, on contiguous maps or in bf16
+    they are nn.GroupNorm itself."""
+    from core.nets import FastGroupNorm, fast_group_norms
+
+    if not kernels.available():
+        pytest.skip("no C compiler: nn.GroupNorm is the only path")
+    g = torch.Generator().manual_seed(6)
+    ref = torch.nn.GroupNorm(8, 32)
+    with torch.no_grad():
+        ref.weight.normal_(generator=g)
+        ref.bias.normal_(generator=g)
+    fast = fast_group_norms(torch.nn.Sequential(copy.deepcopy(ref)))[0]
+    assert type(fast) is FastGroupNorm and fast.state_dict().keys() == ref.state_dict().keys()
+    x = (3 * torch.randn(3, 32, 7, 9, generator=g) + 1).contiguous(memory_format=torch.channels_last)
+    calls = []
+    real = kernels.group_norm_nhwc
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(kernels, "group_norm_nhwc", lambda *a: calls.append(1) or real(*a))
+        with torch.no_grad():
+            out = fast(x)
+            assert len(calls) == 1 and out.is_contiguous(memory_format=torch.channels_last)
+            assert (out - ref(x)).abs().max() < 1e-5
+            assert torch.equal(fast(x.contiguous()), ref(x.contiguous())) and len(calls) == 1
+        y = fast(x.requires_grad_())
+        y.square().sum().backward()
+        assert len(calls) == 1 and fast.weight.grad is not None
 
 
 def test_half_precision_errors_are_as_documented():
