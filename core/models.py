@@ -144,7 +144,7 @@ class LoadedModel:
     timings: dict = dataclasses.field(default_factory=dict)  # ms of the last __call__'s parts
 
     def __post_init__(self):
-        if self.device.type == "cpu":  # the channels_last GroupNorms of the UNets in one C call each
+        if torch.device(self.device).type == "cpu":  # the channels_last GroupNorms of the UNets in one C call each
             fast_group_norms(self.net)
 
     @property
@@ -207,7 +207,7 @@ class LoadedModel:
         t1 = device_clock(self.device)
         z = self.predict(z)
         t2 = device_clock(self.device)
-        out = self.codec.decode(z).float().clamp(0, 1)
+        out = self.codec.decode(z).float().clamp_(0, 1)  # decode's own fresh tensor: clamped in place
         self.timings = {"encode_ms": (t1 - t0) * 1e3, "model_ms": (t2 - t1) * 1e3,
                         "decode_ms": (device_clock(self.device) - t2) * 1e3}
         return out

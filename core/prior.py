@@ -109,6 +109,9 @@ def _c_pass(x: torch.Tensor, coeffs: torch.Tensor) -> bool:
         and kernels.available()
 
 
+_LEVEL_POWERS = 255.0 ** (1 - torch.arange(4, dtype=torch.float64))[:, None]  # v^j on [0, 1] -> on levels
+
+
 class ToneCurves(nn.Module):
     """The colour prior's tone curve per channel: the cubic along the grey axis, each channel through
     its own curve, out_c = clamp(T_c(x_c), 0, 1) with T_c(v) = prior_c(v, v, v) (a cubic in v).
@@ -145,8 +148,7 @@ class ToneCurves(nn.Module):
 
     def kernel_args(self) -> dict:
         """What the C kernel takes (core.kernels.affine_grid_u8): the curves on levels 0..255."""
-        scale = 255.0 ** (1 - torch.arange(4, dtype=torch.float64))[:, None]
-        return {"curves": (self.coeffs.double().cpu() * scale).float()}
+        return {"curves": (self.coeffs.detach().double().cpu() * _LEVEL_POWERS).float()}
 
 
 class ColourPrior(ModelFolder, nn.Module):

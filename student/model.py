@@ -61,7 +61,8 @@ class Student(ModelFolder, nn.Module):
             t = torch.full((b,), self.t * self.t_scale, device=z_in.device, dtype=z_in.dtype)
             return z_in + (1 - self.t) * run_unet(self.net, torch.cat([z_in, z_in], 1), t)
         t0 = torch.zeros((b,), device=z_in.device, dtype=z_in.dtype)
-        return z_in + run_unet(self.net, z_in, t0)
+        residual = run_unet(self.net, z_in, t0)
+        return residual.add_(z_in) if not torch.is_grad_enabled() else z_in + residual
 
     def infer(self, z_in: torch.Tensor, num_steps: int | None = None) -> torch.Tensor:
         """The protocol's inference: one step whatever `num_steps` asks."""

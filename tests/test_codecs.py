@@ -35,6 +35,23 @@ def test_pixel_codec_inference_path_is_pixel_unshuffle():
     assert torch.allclose(xg.grad, 4 * (2 * x - 1))
 
 
+def test_pixel_codec_inference_decode_is_pixel_shuffle():
+    """Without autograd the decoder reads the latents (either layout) in one strided pass: the very
+    values of (pixel_shuffle(z) + 1) / 2, as a plain contiguous image; with autograd, that expression."""
+    import torch.nn.functional as F
+
+    codec = build_codec(CodecConfig(kind="pixel", factor=8))
+    z = torch.randn(2, 192, 4, 6)
+    ref = (F.pixel_shuffle(z, 8) + 1) / 2
+    for inp in (z, z.contiguous(memory_format=torch.channels_last)):
+        with torch.no_grad():
+            x = codec.decode(inp)
+        assert torch.equal(x, ref) and x.is_contiguous()
+    zg = z.clone().requires_grad_()
+    codec.decode(zg).sum().backward()
+    assert torch.equal(zg.grad, torch.full_like(z, 0.5))
+
+
 def _tiny_vae(path):
     vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16),
                         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
