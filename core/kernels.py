@@ -25,6 +25,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import math
 import os
 import platform
 import shutil
@@ -1136,6 +1137,40 @@ static void lut_row_packed16(const uint8_t* restrict p, uint8_t* restrict o, int
 }
 #endif
 
+/* The pixel codec's shuffles (core/codecs.py PixelCodec), without autograd. x: (n, c, h, w) planar float;
+   z: the latents (n, c f f, h / f, w / f) in channels_last memory, i.e. (n, h / f, w / f, c f f), channel
+   (ci f + i) f + j of latent pixel (y, x) being image pixel (f y + i, f x + j) of channel ci.
+   unshuffle: z = x * scale + shift; shuffle: x = clamp(z * scale + shift, lo, hi). Each image row maps
+   to runs of f consecutive floats in z: one pass, rows spread over the threads. */
+void pixel_unshuffle_cl(const float* x, float* z, int64_t n, int64_t c, int64_t h, int64_t w, int f,
+                        float scale, float shift, int nthreads) {
+    int64_t hf = h / f, wf = w / f, cff = c * f * f;
+    #pragma omp parallel for num_threads(nthreads) schedule(static)
+    for (int64_t r = 0; r < n * c * h; r++) {
+        int64_t b = r / (c * h), ci = (r / h) % c, yy = r % h, y = yy / f, i = yy % f;
+        const float* src = x + r * w;
+        float* dst = z + (b * hf + y) * wf * cff + (ci * f + i) * f;
+        for (int64_t xb = 0; xb < wf; xb++)
+            for (int j = 0; j < f; j++) dst[xb * cff + j] = src[xb * f + j] * scale + shift;
+    }
+}
+
+void pixel_shuffle_cl(const float* z, float* x, int64_t n, int64_t c, int64_t h, int64_t w, int f,
+                      float scale, float shift, float lo, float hi, int nthreads) {
+    int64_t hf = h / f, wf = w / f, cff = c * f * f;
+    #pragma omp parallel for num_threads(nthreads) schedule(static)
+    for (int64_t r = 0; r < n * c * h; r++) {
+        int64_t b = r / (c * h), ci = (r / h) % c, yy = r % h, y = yy / f, i = yy % f;
+        float* dst = x + r * w;
+        const float* src = z + (b * hf + y) * wf * cff + (ci * f + i) * f;
+        for (int64_t xb = 0; xb < wf; xb++)
+            for (int j = 0; j < f; j++) {
+                float v = src[xb * cff + j] * scale + shift;
+                dst[xb * f + j] = v < lo ? lo : v > hi ? hi : v;
+            }
+    }
+}
+
 /* GroupNorm on channels_last float images: x, out (n, hw, c) (NHWC memory), `groups` groups of c / groups
    consecutive channels, per-channel weight and bias. Per image: the channels' sums over the pixels (c
    floats a pixel, a vector of 16 channels at a time), then each group's mean; the same for the squared
@@ -1253,6 +1288,9 @@ def _build() -> ctypes.CDLL:
     lib.ridge_grid.argtypes = [ptr, i64, i64, ctypes.c_double, ptr, i32]
     lib.lut3d_u8.argtypes = [ptr, ptr, i64, i64, i64, i32, ptr, i32, ptr, ptr, ptr, ptr, i32]
     lib.group_norm_nhwc.argtypes = [ptr, ptr, i64, i64, i64, i32, ptr, ptr, ctypes.c_float, i32]
+    f32 = ctypes.c_float
+    lib.pixel_unshuffle_cl.argtypes = [ptr, ptr, i64, i64, i64, i64, i32, f32, f32, i32]
+    lib.pixel_shuffle_cl.argtypes = [ptr, ptr, i64, i64, i64, i64, i32, f32, f32, f32, f32, i32]
     return lib
 
 
@@ -1344,6 +1382,26 @@ def prior_planes(x: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
     out = torch.empty_like(x)
     _lib.prior_planes(_ptr(x), _ptr(out), x.shape[0], x.shape[-2] * x.shape[-1], _ptr(k), torch.get_num_threads())
     return out
+
+
+def pixel_unshuffle_cl(x: torch.Tensor, f: int, scale: float, shift: float) -> torch.Tensor:
+    """F.pixel_unshuffle(x * scale + shift, f) for a contiguous float32 (N, C, H, W) on the CPU, written
+    straight into channels_last memory (the networks' layout) in one C pass; H and W multiples of f."""
+    n, c, h, w = x.shape
+    z = torch.empty(n, h // f, w // f, c * f * f, dtype=torch.float32)
+    _lib.pixel_unshuffle_cl(_ptr(x), _ptr(z), n, c, h, w, f, scale, shift, torch.get_num_threads())
+    return z.permute(0, 3, 1, 2)
+
+
+def pixel_shuffle_cl(z: torch.Tensor, f: int, scale: float, shift: float, lo: float = -math.inf,
+                     hi: float = math.inf) -> torch.Tensor:
+    """(F.pixel_shuffle(z, f) * scale + shift).clamp(lo, hi) for channels_last float32 latents (N, C f f,
+    h, w) on the CPU: a contiguous (N, C, h f, w f) image in one C pass."""
+    n, cff, hf, wf = z.shape
+    x = torch.empty(n, cff // (f * f), hf * f, wf * f, dtype=torch.float32)
+    _lib.pixel_shuffle_cl(_ptr(z), _ptr(x), n, cff // (f * f), hf * f, wf * f, f, scale, shift, lo, hi,
+                          torch.get_num_threads())
+    return x
 
 
 def group_norm_nhwc(x: torch.Tensor, groups: int, weight: torch.Tensor, bias: torch.Tensor,

@@ -142,6 +142,7 @@ class LoadedModel:
     latent_fn: object = None  # replaces net.infer on latents (a compiled or exported path)
     prior: torch.nn.Module | None = None  # the colour prior applied before the codec (core.prior)
     timings: dict = dataclasses.field(default_factory=dict)  # ms of the last __call__'s parts
+    clamps_output = True  # __call__ returns images in [0, 1] (EditPipeline need not clamp them again)
 
     def __post_init__(self):
         if torch.device(self.device).type == "cpu":  # the channels_last GroupNorms of the UNets in one C call each

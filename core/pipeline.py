@@ -150,7 +150,9 @@ class EditPipeline:
         dtype = PRECISIONS[self.precision]
         t0 = self._now()
         with torch.autocast(self.device.type, dtype=dtype) if dtype else nullcontext():
-            out = self.edit(x).float().clamp(0, 1)
+            out = self.edit(x).float()
+            if not getattr(self.edit, "clamps_output", False):  # a LoadedModel's output is in [0, 1] already
+                out = out.clamp(0, 1)
         parts = getattr(self.edit, "timings", None) or {"model_ms": (self._now() - t0) * 1e3}
         self.timings.update(parts)
         return out

@@ -18,7 +18,19 @@ def test_pixel_codec_is_exact():
         codec.encode(torch.rand(1, 3, 30, 32))
 
 
-def test_pixel_codec_inference_path_is_pixel_unshuffle():
+@pytest.fixture(params=["C", "torch"])
+def shuffles(request, monkeypatch):
+    """The pixel codec's inference passes: the C kernels (where built) or the PyTorch fallback."""
+    from core import codecs, kernels
+
+    if request.param == "C" and not kernels.available():
+        pytest.skip("no C compiler")
+    if request.param == "torch":
+        monkeypatch.setattr(codecs, "_c_shuffle", lambda x: False)
+    return request.param
+
+
+def test_pixel_codec_inference_path_is_pixel_unshuffle(shuffles):
     """Without autograd the encoder writes channels_last latents in one pass: the very values of
     pixel_unshuffle, from either input layout; with autograd, pixel_unshuffle itself (gradients flow)."""
     import torch.nn.functional as F
@@ -35,7 +47,7 @@ def test_pixel_codec_inference_path_is_pixel_unshuffle():
     assert torch.allclose(xg.grad, 4 * (2 * x - 1))
 
 
-def test_pixel_codec_inference_decode_is_pixel_shuffle():
+def test_pixel_codec_inference_decode_is_pixel_shuffle(shuffles):
     """Without autograd the decoder reads the latents (either layout) in one strided pass: the very
     values of (pixel_shuffle(z) + 1) / 2, as a plain contiguous image; with autograd, that expression."""
     import torch.nn.functional as F
