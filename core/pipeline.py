@@ -98,7 +98,7 @@ def downscale_u8(x: torch.Tensor, size: tuple[int, int], exact: bool = False,
     if x.device.type == "cpu":
         k = int(min(x.shape[-2] / h, x.shape[-1] / w) / REDUCING_GAP)
         if k >= 2 and kernels.available():
-            small = kernels.box_reduce_u8(x, min(k, 255))
+            small = kernels.box_reduce_u8(x, min(k, 255), reuse=True)  # read at once by the resample below
             scale = (h * k / x.shape[-2], w * k / x.shape[-1])  # the photo's scale, in reduced pixels
             return kernels.resample_aa(small, scale, size, mode).div_(255).clamp_(0, 1)
         small = F.interpolate(x, size=size, mode=mode, antialias=True, align_corners=False)

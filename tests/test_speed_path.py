@@ -444,6 +444,9 @@ def test_box_reduction_and_the_working_copy_made_from_it():
         for layout in (x, x.contiguous(memory_format=torch.channels_last)):
             got = kernels.box_reduce_u8(layout, k)
             assert got.shape == (2, 3, -(-h // k), -(-w // k)) and torch.allclose(got, sums / counts, atol=1e-4)
+            kept = kernels.box_reduce_u8(layout, k, reuse=True)  # into the thread's kept buffer: same values
+            assert torch.equal(kept, got)
+            assert kernels.box_reduce_u8(layout[:1], k, reuse=True).data_ptr() == kept.data_ptr()
     # a photo 12x the working size: box-reduced by 6, then the antialiased bicubic
     photo = torch.from_numpy(demo_photo("astronaut")).permute(2, 0, 1)[None]
     big = F.interpolate(photo.float(), scale_factor=6, mode="bilinear").round().to(torch.uint8)
