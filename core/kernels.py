@@ -8,13 +8,15 @@
 Why C: at 24 MP each of these loops does 20-30 operations per pixel. In eager PyTorch every
 operation is a pass over memory (the affine grid cost 280 ms, the LUT's grid_sample 1.2 s); one
 fused loop that reads each uint8 pixel once and writes it once runs within a few times a memory
-copy. On CPUs with AVX-512 (BW + VBMI) the grid runs in 16-bit fixed point, 64 pixels at a time
-in registers (32 in planar rows; byte permutes split and merge the RGB interleave and look the
-prior's tone curves up, 256-entry tables), within one level of the float path; grids whose sums
-could leave 16 bits, and the whole cubic prior, take a 16-wide float loop; without AVX-512, gcc
-vectorises plain loops (-O3 -march=native). The working copy's first steps are here too
-(box_reduce_u8, then resample_aa with torch's antialias weights). OpenMP spreads the rows over
-torch's threads. The library is built with the
+copy. On CPUs with AVX-512 (BW + VBMI) the grid runs in 16-bit lanes, 64 pixels at a time in
+registers (32 in planar rows; byte permutes split and merge the RGB interleave and look the prior's
+tone curves up, 256-entry tables): in float16 fused multiply-adds where the CPU has AVX512-FP16,
+else in fixed point, within one level of the float path either way; grids whose sums could leave
+16 bits, and the whole cubic prior, take a 16-wide float loop; without AVX-512, gcc vectorises
+plain loops (-O3 -march=native). The working copy's first steps are here too (box_reduce_u8, then
+resample_aa with torch's antialias weights), and the loaded models' channels_last GroupNorm and the
+pixel codec's shuffles (small, but PyTorch's strided passes cost several times more). OpenMP
+spreads the rows over torch's threads. The library is built with the
 system C compiler on first use (about a second) into ~/.cache/estate-edit/kernels
 (ESTATE_EDIT_CACHE moves it); with no compiler, or ESTATE_EDIT_KERNELS=0, `available()` is False
 and callers use their PyTorch path (the same result within one level of 255;
