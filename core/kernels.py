@@ -482,7 +482,6 @@ static inline __attribute__((always_inline)) void row_int16(
                                 : _mm512_maskz_loadu_epi16((__mmask32)bytes_mask(n), fq + i);
             __m512i out[3];
             for (int ch = 0; ch < 3; ch++) out[ch] = grid16(half, r, g, b, f, aq + 4 * ch, dq + 4 * ch, bias + 8 * ch);
-            __m512i zero = _mm512_setzero_si512();
             store32(o, i, n, cs, out16(half, out[0]), out16(half, out[1]), out16(half, out[2]));
         }
         xs = xe;
