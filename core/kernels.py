@@ -415,9 +415,9 @@ static inline __attribute__((always_inline)) __m512i grid16(int half, __m512i r,
 }
 
 #ifdef HAVE_FP16
-#define BIAS(name, aq, dq) __m512h name[24]; if (half) span_coeffs(name, aq, dq)
+#define SPAN_COEFFS(name, aq, dq) __m512h name[24]; if (half) span_coeffs(name, aq, dq)
 #else
-#define BIAS(name, aq, dq) const void* name = NULL
+#define SPAN_COEFFS(name, aq, dq) const void* name = NULL
 #endif
 
 /* A pixel's 16-bit value with no tone curve: levels in 1/128 (fixed point) or levels - 128 as float16. */
@@ -467,7 +467,7 @@ static inline __attribute__((always_inline)) void row_int16(
     for (int64_t xs = 0; xs < w;) {
         const int16_t *aq = rq + 12 * i0[xs], *dq = rd + 12 * i0[xs];
         int64_t xe = span_end[xs];
-        BIAS(bias, aq, dq);
+        SPAN_COEFFS(cf, aq, dq);
         for (int64_t i = xs; i < xe; i += 32) {
             int64_t n = xe - i < 32 ? xe - i : 32;
             __m256i r8, g8, b8;
@@ -481,7 +481,7 @@ static inline __attribute__((always_inline)) void row_int16(
             __m512i f = n == 32 ? _mm512_loadu_si512(fq + i)
                                 : _mm512_maskz_loadu_epi16((__mmask32)bytes_mask(n), fq + i);
             __m512i out[3];
-            for (int ch = 0; ch < 3; ch++) out[ch] = grid16(half, r, g, b, f, aq + 4 * ch, dq + 4 * ch, bias + 8 * ch);
+            for (int ch = 0; ch < 3; ch++) out[ch] = grid16(half, r, g, b, f, aq + 4 * ch, dq + 4 * ch, cf + 8 * ch);
             store32(o, i, n, cs, out16(half, out[0]), out16(half, out[1]), out16(half, out[2]));
         }
         xs = xe;
@@ -564,7 +564,7 @@ static inline __attribute__((always_inline)) void row_int16_hwc64(
     for (int64_t xs = 0; xs < w;) {
         const int16_t *aq = rq + 12 * i0[xs], *dq = rd + 12 * i0[xs];
         int64_t xe = span_end[xs];
-        BIAS(bias, aq, dq);
+        SPAN_COEFFS(cf, aq, dq);
         for (int64_t i = xs; i < xe; i += 64) {
             int64_t n = xe - i < 64 ? xe - i : 64;
             const uint8_t* q = p + 3 * i;
@@ -590,7 +590,7 @@ static inline __attribute__((always_inline)) void row_int16_hwc64(
             for (int c = 0; c < 3; c++)  /* channel by channel: its 8 coefficients, both halves */
                 for (int hf = 0; hf < 2; hf++)
                     res[hf][c] = grid16(half, x[hf][0], x[hf][1], x[hf][2], f[hf], aq + 4 * c, dq + 4 * c,
-                                        bias + 8 * c);
+                                        cf + 8 * c);
             __m512i R, G, B;  /* the half path's results are centred: signed saturation, top bit flipped */
             if (half) {
                 R = _mm512_packs_epi16(res[0][0], res[1][0]); G = _mm512_packs_epi16(res[0][1], res[1][1]);
