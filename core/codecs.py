@@ -53,7 +53,7 @@ class Codec(nn.Module):
 
 def _c_shuffle(x: torch.Tensor) -> bool:
     """Can the pixel codec's C passes (core.kernels.pixel_unshuffle_cl / pixel_shuffle_cl) take x?"""
-    return x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4 and kernels.available()
+    return x.dtype == torch.float32 and x.dim() == 4 and kernels.cpu_inference(x)
 
 
 class PixelCodec(Codec):

@@ -1141,7 +1141,7 @@ static void lut_row_packed16(const uint8_t* restrict p, uint8_t* restrict o, int
 /* The pixel codec's shuffles (core/codecs.py PixelCodec), without autograd. x: (n, c, h, w) planar float;
    z: the latents (n, c f f, h / f, w / f) in channels_last memory, i.e. (n, h / f, w / f, c f f), channel
    (ci f + i) f + j of latent pixel (y, x) being image pixel (f y + i, f x + j) of channel ci.
-   unshuffle: z = x * scale + shift; shuffle: x = clamp(z * scale + shift, lo, hi). Each image row maps
+   unshuffle: z = x * scale + shift; shuffle: x = z * scale + shift. Each image row maps
    to runs of f consecutive floats in z: one pass, rows spread over the threads. */
 void pixel_unshuffle_cl(const float* x, float* z, int64_t n, int64_t c, int64_t h, int64_t w, int f,
                         float scale, float shift, int nthreads) {
@@ -1157,7 +1157,7 @@ void pixel_unshuffle_cl(const float* x, float* z, int64_t n, int64_t c, int64_t 
 }
 
 void pixel_shuffle_cl(const float* z, float* x, int64_t n, int64_t c, int64_t h, int64_t w, int f,
-                      float scale, float shift, float lo, float hi, int nthreads) {
+                      float scale, float shift, int nthreads) {
     int64_t hf = h / f, wf = w / f, cff = c * f * f;
     #pragma omp parallel for num_threads(nthreads) schedule(static)
     for (int64_t r = 0; r < n * c * h; r++) {
@@ -1165,10 +1165,7 @@ void pixel_shuffle_cl(const float* z, float* x, int64_t n, int64_t c, int64_t h,
         float* dst = x + r * w;
         const float* src = z + (b * hf + y) * wf * cff + (ci * f + i) * f;
         for (int64_t xb = 0; xb < wf; xb++)
-            for (int j = 0; j < f; j++) {
-                float v = src[xb * cff + j] * scale + shift;
-                dst[xb * f + j] = v < lo ? lo : v > hi ? hi : v;
-            }
+            for (int j = 0; j < f; j++) dst[xb * f + j] = src[xb * cff + j] * scale + shift;
     }
 }
 
@@ -1291,7 +1288,7 @@ def _build() -> ctypes.CDLL:
     lib.group_norm_nhwc.argtypes = [ptr, ptr, i64, i64, i64, i32, ptr, ptr, ctypes.c_float, i32]
     f32 = ctypes.c_float
     lib.pixel_unshuffle_cl.argtypes = [ptr, ptr, i64, i64, i64, i64, i32, f32, f32, i32]
-    lib.pixel_shuffle_cl.argtypes = [ptr, ptr, i64, i64, i64, i64, i32, f32, f32, f32, f32, i32]
+    lib.pixel_shuffle_cl.argtypes = [ptr, ptr, i64, i64, i64, i64, i32, f32, f32, i32]
     return lib
 
 
@@ -1308,6 +1305,13 @@ def available() -> bool:
             warnings.warn(f"core/kernels.py: the C kernels are unavailable ({e}); the photo path falls "
                           "back to PyTorch (slower, same result). Install gcc to get them.", stacklevel=2)
     return _lib is not None
+
+
+def cpu_inference(x: torch.Tensor, *params: torch.Tensor) -> bool:
+    """Can a C kernel take x in place of a PyTorch op: x on the CPU, no gradient wanted through x or
+    `params`, the kernels built. The callers check their own dtypes and layouts."""
+    return (x.device.type == "cpu" and not (torch.is_grad_enabled() and any(t.requires_grad for t in (x, *params)))
+            and available())
 
 
 def _layout(x: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -1394,13 +1398,12 @@ def pixel_unshuffle_cl(x: torch.Tensor, f: int, scale: float, shift: float) -> t
     return z.permute(0, 3, 1, 2)
 
 
-def pixel_shuffle_cl(z: torch.Tensor, f: int, scale: float, shift: float, lo: float = -math.inf,
-                     hi: float = math.inf) -> torch.Tensor:
-    """(F.pixel_shuffle(z, f) * scale + shift).clamp(lo, hi) for channels_last float32 latents (N, C f f,
-    h, w) on the CPU: a contiguous (N, C, h f, w f) image in one C pass."""
+def pixel_shuffle_cl(z: torch.Tensor, f: int, scale: float, shift: float) -> torch.Tensor:
+    """F.pixel_shuffle(z, f) * scale + shift for channels_last float32 latents (N, C f f, h, w) on the
+    CPU: a contiguous (N, C, h f, w f) image in one C pass."""
     n, cff, hf, wf = z.shape
     x = torch.empty(n, cff // (f * f), hf * f, wf * f, dtype=torch.float32)
-    _lib.pixel_shuffle_cl(_ptr(z), _ptr(x), n, cff // (f * f), hf * f, wf * f, f, scale, shift, lo, hi,
+    _lib.pixel_shuffle_cl(_ptr(z), _ptr(x), n, cff // (f * f), hf * f, wf * f, f, scale, shift,
                           torch.get_num_threads())
     return x
 

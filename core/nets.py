@@ -39,10 +39,9 @@ class FastGroupNorm(torch.nn.GroupNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         from core import kernels
 
-        if (self.affine and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4
-                and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))
+        if (self.affine and x.dtype == torch.float32 and x.dim() == 4
                 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-                and kernels.available()):
+                and kernels.cpu_inference(x, self.weight, self.bias)):
             return kernels.group_norm_nhwc(x, self.num_groups, self.weight, self.bias, self.eps)
         return super().forward(x)
 

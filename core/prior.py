@@ -101,14 +101,6 @@ def _subsample(x: torch.Tensor, limit: int) -> torch.Tensor:
     return x[:, ::stride, ::stride].reshape(3, -1)
 
 
-def _c_pass(x: torch.Tensor, coeffs: torch.Tensor) -> bool:
-    """Can the prior's C pass (core.kernels.prior_planes) take x: on the CPU, nothing to backpropagate."""
-    from core import kernels
-
-    return x.device.type == "cpu" and not (torch.is_grad_enabled() and (coeffs.requires_grad or x.requires_grad)) \
-        and kernels.available()
-
-
 _LEVEL_POWERS = 255.0 ** (1 - torch.arange(4, dtype=torch.float64))[:, None]  # v^j on [0, 1] -> on levels
 
 
@@ -131,7 +123,7 @@ class ToneCurves(nn.Module):
         the whole prior with only each channel's own terms (0.85 -> 0.45 ms for four 256x160 copies)."""
         from core import kernels
 
-        if _c_pass(x, self.coeffs):
+        if kernels.cpu_inference(x, self.coeffs):
             return kernels.prior_planes(x, self.as_cubic())
         c = self.coeffs.to(device=x.device, dtype=torch.float32)[:, :, None, None]
         x = x.float()
@@ -230,7 +222,7 @@ class ColourPrior(ModelFolder, nn.Module):
         autograd, one C pass (core.kernels.prior_planes: the same sums in another order)."""
         from core import kernels
 
-        if _c_pass(x, self.coeffs):
+        if kernels.cpu_inference(x, self.coeffs):
             return kernels.prior_planes(x, self.coeffs)
         w = self.coeffs.to(device=x.device, dtype=torch.float32)
         rows = max(1, BAND_PIXELS // max(1, x.shape[0] * x.shape[-1]))  # bands keep the 20 terms small
